@@ -1,0 +1,9 @@
+//! fjord-log: one partition's log on disk.
+//!
+//! The log stores Kafka RecordBatch v2 bytes exactly as producers sent them (only the base
+//! offset and partition leader epoch, which sit outside the CRC, are rewritten), in segment
+//! files behind the [`Disk`] trait whose fault model is documented in [`disk`].
+
+pub mod disk;
+
+pub use disk::{Disk, DiskError, DiskFile};

@@ -1,0 +1,9 @@
+//! fjord-replication: agreement for fjord.
+//!
+//! One sans-IO Raft implementation serves both the controller's metadata log and every
+//! partition (whose Raft log *is* its Kafka log). Drivers move messages, ticks and disk
+//! writes between the Raft cores and the [`io`] traits.
+
+pub mod io;
+
+pub use io::{Clock, Envelope, Instant, Network, NodeId};

@@ -72,6 +72,17 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 }
 
+/// Starts tasks on a node's executor.
+///
+/// Drivers never call an executor directly: production hands them a Tokio spawner
+/// (`fjord::runtime`), the simulator one that spawns onto the current simulated node, so that
+/// crashing the node drops every task it started. A spawned task must not outlive its node's
+/// state: it holds only `Arc`s to things of the same node.
+pub trait Spawner: Send + Sync + 'static {
+    /// Runs `task` concurrently with the caller. `name` is for traces and debugging.
+    fn spawn(&self, name: &'static str, task: BoxFuture<'static, ()>);
+}
+
 /// A message between nodes, as delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {

@@ -6,4 +6,4 @@
 
 pub mod io;
 
-pub use io::{Clock, Envelope, Instant, Network, NodeId};
+pub use io::{BoxFuture, Clock, Envelope, Instant, Network, NodeId, Spawner};

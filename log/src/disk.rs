@@ -113,3 +113,173 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// On error the handle is poisoned; see the module docs.
     fn sync(&mut self) -> Result<(), DiskError>;
 }
+
+/// A [`Disk`] on the real filesystem (`std::fs`), rooted at a directory.
+///
+/// `sync` is `fdatasync` (`File::sync_data`); `sync_dir` opens the directory and `fsync`s it.
+/// Every path is joined to the root given at construction, so components never see absolute
+/// paths. A failed `sync` poisons the handle (see the module docs): the kernel may already
+/// have dropped the dirty pages and cleared the error, so a retry could falsely succeed.
+#[derive(Debug, Clone)]
+pub struct FileDisk {
+    root: PathBuf,
+}
+
+impl FileDisk {
+    /// A disk whose paths are relative to `root` (which must exist for `create`/`open` to work;
+    /// `create_dir_all` creates it).
+    pub fn new(root: impl Into<PathBuf>) -> FileDisk {
+        FileDisk { root: root.into() }
+    }
+
+    /// The directory every path is joined to.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &Path) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+/// Maps an OS error to the typed [`DiskError`] kinds callers branch on.
+fn io_error(path: &Path, source: std::io::Error) -> DiskError {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => DiskError::NotFound(path.to_path_buf()),
+        std::io::ErrorKind::AlreadyExists => DiskError::AlreadyExists(path.to_path_buf()),
+        std::io::ErrorKind::StorageFull => DiskError::NoSpace(path.to_path_buf()),
+        _ => DiskError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+impl Disk for FileDisk {
+    fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
+        std::fs::create_dir_all(self.full(dir)).map_err(|e| io_error(dir, e))
+    }
+
+    fn create(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.full(path))
+            .map_err(|e| io_error(path, e))?;
+        Ok(Box::new(FileDiskFile {
+            file,
+            path: path.to_path_buf(),
+            poisoned: false,
+        }))
+    }
+
+    fn open(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError> {
+        let full = self.full(path);
+        if full.is_dir() {
+            return Err(DiskError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("is a directory"),
+            });
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(full)
+            .map_err(|e| io_error(path, e))?;
+        Ok(Box::new(FileDiskFile {
+            file,
+            path: path.to_path_buf(),
+            poisoned: false,
+        }))
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool, DiskError> {
+        self.full(path).try_exists().map_err(|e| io_error(path, e))
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.full(dir)).map_err(|e| io_error(dir, e))? {
+            let entry = entry.map_err(|e| io_error(dir, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
+        std::fs::rename(self.full(from), self.full(to)).map_err(|e| io_error(from, e))
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), DiskError> {
+        std::fs::remove_file(self.full(path)).map_err(|e| io_error(path, e))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        let handle = std::fs::File::open(self.full(dir)).map_err(|e| io_error(dir, e))?;
+        handle.sync_all().map_err(|e| io_error(dir, e))
+    }
+}
+
+/// An open file of a [`FileDisk`].
+#[derive(Debug)]
+struct FileDiskFile {
+    file: std::fs::File,
+    path: PathBuf,
+    poisoned: bool,
+}
+
+impl FileDiskFile {
+    fn check(&self) -> Result<(), DiskError> {
+        if self.poisoned {
+            return Err(DiskError::Poisoned(self.path.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl DiskFile for FileDiskFile {
+    /// The length from `fstat`; 0 if `fstat` fails (a later read or write reports the error).
+    fn len(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        use std::os::unix::fs::FileExt;
+        self.check()?;
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                DiskError::ShortRead {
+                    path: self.path.clone(),
+                    offset,
+                    wanted: buf.len(),
+                    len: self.len(),
+                }
+            } else {
+                io_error(&self.path, e)
+            }
+        })
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        use std::os::unix::fs::FileExt;
+        self.check()?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| io_error(&self.path, e))
+    }
+
+    fn set_len(&mut self, len: u64) -> Result<(), DiskError> {
+        self.check()?;
+        self.file.set_len(len).map_err(|e| io_error(&self.path, e))
+    }
+
+    fn sync(&mut self) -> Result<(), DiskError> {
+        self.check()?;
+        self.file.sync_data().map_err(|e| {
+            self.poisoned = true;
+            io_error(&self.path, e)
+        })
+    }
+}

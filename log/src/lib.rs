@@ -5,5 +5,6 @@
 //! files behind the [`Disk`] trait whose fault model is documented in [`disk`].
 
 pub mod disk;
+pub mod testing;
 
-pub use disk::{Disk, DiskError, DiskFile};
+pub use disk::{Disk, DiskError, DiskFile, FileDisk};

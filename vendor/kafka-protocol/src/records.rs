@@ -514,7 +514,8 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // fjord patch: the count is read off the wire; reserve no more than a bounded amount.
+        records.reserve(types::bounded_capacity(batch_decode_info.record_count as usize));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -893,7 +894,9 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        // fjord patch: each header takes at least two bytes on the wire.
+        types::check_declared_len(num_headers, buf.remaining())?;
+        let mut headers = IndexMap::with_capacity(types::bounded_capacity(num_headers));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

@@ -26,6 +26,24 @@ macro_rules! define_copy_impl {
     )
 }
 
+/// fjord patch: the most elements a decoder reserves up front. Larger arrays grow as their
+/// elements actually decode, so memory tracks bytes received rather than a declared count.
+const DECODE_PREALLOC_ELEMENTS_MAX: usize = 1024;
+
+/// fjord patch: rejects a declared length (of elements or bytes, each at least one byte on the
+/// wire) that cannot fit in what is left of the buffer, before anything is allocated for it.
+pub(crate) fn check_declared_len(declared: usize, remaining: usize) -> Result<()> {
+    if declared > remaining {
+        bail!("Declared length {declared} exceeds the {remaining} bytes remaining");
+    }
+    Ok(())
+}
+
+/// fjord patch: the capacity to reserve for `declared` elements.
+pub(crate) fn bounded_capacity(declared: usize) -> usize {
+    declared.min(DECODE_PREALLOC_ELEMENTS_MAX)
+}
+
 /// A boolean value.
 #[derive(Debug, Copy, Clone, Default)]
 pub struct Boolean;
@@ -359,6 +377,7 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                check_declared_len(n as usize, buf.remaining())?;
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -511,6 +530,7 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                check_declared_len((n - 1) as usize, buf.remaining())?;
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +675,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                check_declared_len(n as usize, buf.remaining())?;
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +825,7 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                check_declared_len((n - 1) as usize, buf.remaining())?;
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -985,7 +1007,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                // fjord patch: every element takes at least one byte on the wire.
+                check_declared_len(n as usize, buf.remaining())?;
+                let mut result = Vec::with_capacity(bounded_capacity(n as usize));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,7 +1117,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                // fjord patch: every element takes at least one byte on the wire.
+                check_declared_len((n - 1) as usize, buf.remaining())?;
+                let mut result = Vec::with_capacity(bounded_capacity((n - 1) as usize));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }

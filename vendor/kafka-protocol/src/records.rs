@@ -895,7 +895,7 @@ impl Record {
         let num_headers = num_headers as usize;
 
         // fjord patch: each header takes at least two bytes on the wire.
-        types::check_declared_len(num_headers, buf.remaining())?;
+        types::check_declared_len(num_headers, bytes::Buf::remaining(buf))?;
         let mut headers = IndexMap::with_capacity(types::bounded_capacity(num_headers));
         for _ in 0..num_headers {
             // Key len

@@ -1,2 +1,10 @@
 //! Production implementations of the IO traits: the only module that uses Tokio, real time
 //! and real threads.
+
+mod clock;
+mod network;
+mod spawner;
+
+pub use clock::TokioClock;
+pub use network::{FrameError, FrameHeader, TcpNetwork, TcpNetworkOptions, WIRE_VERSION};
+pub use spawner::TokioSpawner;

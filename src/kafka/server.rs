@@ -220,16 +220,18 @@ fn dispatch(
             correlation_id,
         }) => {
             tracing::debug!(connection_id, %peer, api_version, "ApiVersions version unknown: answering v0 with UNSUPPORTED_VERSION");
-            let response = ResponseKind::ApiVersions(versions::api_versions_response(
-                UNSUPPORTED_VERSION,
-            ));
+            let response =
+                ResponseKind::ApiVersions(versions::api_versions_response(UNSUPPORTED_VERSION));
             let frame = codec::encode_response(ApiKey::ApiVersions, 0, correlation_id, &response);
             return Ok(ready(frame.map(Some)));
         }
         Err(e) => return Err(e),
     };
-    let (api_key, api_version, correlation_id) =
-        (request.api_key, request.api_version, request.correlation_id());
+    let (api_key, api_version, correlation_id) = (
+        request.api_key,
+        request.api_version,
+        request.correlation_id(),
+    );
     if let RequestKind::ApiVersions(body) = &request.body {
         if api_version >= 3 {
             software.name = Some(body.client_software_name.to_string());
@@ -336,7 +338,10 @@ impl FrameConnection for MemoryConnection {
     }
 
     fn split(self: Box<Self>) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>) {
-        (Box::new(MemoryReader(self.rx)), Box::new(MemoryWriter(self.tx)))
+        (
+            Box::new(MemoryReader(self.rx)),
+            Box::new(MemoryWriter(self.tx)),
+        )
     }
 }
 
@@ -349,8 +354,8 @@ mod tests {
     use futures::executor::LocalPool;
     use futures::task::LocalSpawnExt;
     use kafka_protocol::messages::{
-        ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-        ProduceRequest, ProduceResponse, RequestHeader,
+        ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+        ProduceResponse, RequestHeader,
     };
     use kafka_protocol::protocol::StrBytes;
 
@@ -373,7 +378,12 @@ mod tests {
         }
 
         fn seen(&self) -> Vec<i32> {
-            self.seen.lock().unwrap().iter().map(|c| c.correlation_id).collect()
+            self.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|c| c.correlation_id)
+                .collect()
         }
     }
 
@@ -388,7 +398,9 @@ mod tests {
             Box::pin(async move {
                 match request.body {
                     RequestKind::Produce(p) if p.acks == 0 => None,
-                    RequestKind::Produce(_) => Some(ResponseKind::Produce(ProduceResponse::default())),
+                    RequestKind::Produce(_) => {
+                        Some(ResponseKind::Produce(ProduceResponse::default()))
+                    }
                     _ => {
                         if let Some(gate) = gate {
                             let _ = gate.await;
@@ -489,7 +501,11 @@ mod tests {
         }
         assert_eq!(h.handler.seen(), [1, 2, 3], "all three run concurrently");
         let mut gates = gates.into_iter();
-        let (g1, g2, g3) = (gates.next().unwrap(), gates.next().unwrap(), gates.next().unwrap());
+        let (g1, g2, g3) = (
+            gates.next().unwrap(),
+            gates.next().unwrap(),
+            gates.next().unwrap(),
+        );
         g3.send(()).unwrap();
         g2.send(()).unwrap();
         assert_eq!(h.metadata_responses(), [], "3 and 2 wait for 1");
@@ -498,7 +514,10 @@ mod tests {
         assert_eq!(h.closed(), None);
         drop(h.client_tx);
         h.pool.run_until_stalled();
-        assert_eq!(h.closed.lock().unwrap().as_deref(), Some("closed by the peer"));
+        assert_eq!(
+            h.closed.lock().unwrap().as_deref(),
+            Some("closed by the peer")
+        );
     }
 
     #[test]
@@ -541,9 +560,14 @@ mod tests {
     fn garbage_closes_the_connection_after_earlier_responses() {
         let mut h = harness(8);
         h.send(metadata(1));
-        h.send(Bytes::from_static(&[0, 3, 0, 12, 0, 0, 0, 2, 0xff, 0xff, 0xff]));
+        h.send(Bytes::from_static(&[
+            0, 3, 0, 12, 0, 0, 0, 2, 0xff, 0xff, 0xff,
+        ]));
         let closed = h.closed().expect("closed");
-        assert!(closed.starts_with("codec: malformed Metadata v12"), "{closed}");
+        assert!(
+            closed.starts_with("codec: malformed Metadata v12"),
+            "{closed}"
+        );
         // The client sees the end of the stream (earlier answers may or may not have gone).
         let ended = loop {
             match h.client_rx.try_recv() {
@@ -568,13 +592,23 @@ mod tests {
         let body = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("kcat"))
             .with_client_software_version(StrBytes::from_static_str("1.7.1"));
-        h.send(request(ApiKey::ApiVersions, 3, 9, RequestKind::ApiVersions(body)));
+        h.send(request(
+            ApiKey::ApiVersions,
+            3,
+            9,
+            RequestKind::ApiVersions(body),
+        ));
         let frame = h.client_rx.try_recv().expect("answered");
         let (header, body) = codec::decode_response(ApiKey::ApiVersions, 3, frame).unwrap();
-        let ResponseKind::ApiVersions(v) = body else { panic!("{body:?}") };
+        let ResponseKind::ApiVersions(v) = body else {
+            panic!("{body:?}")
+        };
         assert_eq!((header.correlation_id, v.error_code), (9, 0));
         assert_eq!(v.api_keys.len(), versions::SUPPORTED_APIS.len());
-        assert!(h.handler.seen().is_empty(), "the handler never sees ApiVersions");
+        assert!(
+            h.handler.seen().is_empty(),
+            "the handler never sees ApiVersions"
+        );
         h.send(metadata(10));
         let ctx = h.handler.seen.lock().unwrap()[0].clone();
         assert_eq!(ctx.client_software_name.as_deref(), Some("kcat"));
@@ -591,14 +625,21 @@ mod tests {
         let frame = h.client_rx.try_recv().expect("answered");
         let (header, body): (_, ApiVersionsResponse) =
             codec::decode_typed_response(ApiKey::ApiVersions, 0, frame).unwrap();
-        assert_eq!((header.correlation_id, body.error_code), (4, UNSUPPORTED_VERSION));
+        assert_eq!(
+            (header.correlation_id, body.error_code),
+            (4, UNSUPPORTED_VERSION)
+        );
         let own = body
             .api_keys
             .iter()
             .find(|k| k.api_key == ApiKey::ApiVersions as i16)
             .expect("lists ApiVersions");
         assert_eq!((own.min_version, own.max_version), (0, 4));
-        assert_eq!(h.closed(), None, "the client may retry on the same connection");
+        assert_eq!(
+            h.closed(),
+            None,
+            "the client may retry on the same connection"
+        );
         // Other APIs at unsupported versions close the connection, as Kafka does.
         h.send(request(
             ApiKey::Metadata,

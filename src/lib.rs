@@ -4,5 +4,6 @@
 //! [`fjord_replication::Clock`] and [`fjord_replication::Network`] traits so that the same code
 //! runs in production ([`runtime`]: Tokio, TCP, files) and inside the deterministic simulator.
 
+pub mod client;
 pub mod kafka;
 pub mod runtime;

@@ -2,9 +2,11 @@
 //! and real threads.
 
 mod clock;
+mod kafka;
 mod network;
 mod spawner;
 
 pub use clock::TokioClock;
+pub use kafka::{serve_kafka, KafkaServerHandle, TcpConnector, TcpFrameConnection};
 pub use network::{FrameError, FrameHeader, TcpNetwork, TcpNetworkOptions, WIRE_VERSION};
 pub use spawner::TokioSpawner;

@@ -219,10 +219,15 @@ mod tests {
     use std::time::Duration;
 
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::produce_response::{
+        PartitionProduceResponse, TopicProduceResponse,
+    };
     use kafka_protocol::messages::{
-        ApiKey, BrokerId, MetadataRequest, MetadataResponse, ProduceRequest, RequestKind,
-        ResponseKind, TopicName,
+        ApiKey, BrokerId, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+        RequestKind, ResponseKind, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
 
@@ -232,8 +237,9 @@ mod tests {
     use crate::kafka::server::RequestContext;
     use crate::runtime::{TokioClock, TokioSpawner};
 
-    /// Answers Metadata with one broker (this listener) and no topics; Produce acks=0 with
-    /// nothing; Metadata for the topic "never" never.
+    /// Answers Metadata with one broker (this listener) and the topics asked for (none when
+    /// asked for all), each with one partition; Produce with success (acks=0: nothing);
+    /// Metadata for the topic "never" never; anything else by dropping the connection.
     struct ToyBroker {
         port: std::sync::OnceLock<u16>,
     }
@@ -250,16 +256,54 @@ mod tests {
                 match request.body {
                     RequestKind::Produce(p) if p.acks == 0 => None,
                     RequestKind::Metadata(m) if asks_for_never(&m) => std::future::pending().await,
-                    RequestKind::Metadata(_) => {
+                    RequestKind::Metadata(m) => {
                         let broker = MetadataResponseBroker::default()
                             .with_node_id(BrokerId(1))
                             .with_host(StrBytes::from_static_str("127.0.0.1"))
                             .with_port(i32::from(port));
+                        // Named topics exist with one partition led by broker 1.
+                        let topics = m
+                            .topics
+                            .iter()
+                            .flatten()
+                            .map(|t| {
+                                let partition = MetadataResponsePartition::default()
+                                    .with_leader_id(BrokerId(1))
+                                    .with_replica_nodes(vec![BrokerId(1)])
+                                    .with_isr_nodes(vec![BrokerId(1)]);
+                                MetadataResponseTopic::default()
+                                    .with_name(t.name.clone())
+                                    .with_partitions(vec![partition])
+                            })
+                            .collect();
                         Some(ResponseKind::Metadata(
                             MetadataResponse::default()
                                 .with_brokers(vec![broker])
+                                .with_topics(topics)
                                 .with_cluster_id(Some(StrBytes::from_static_str("toy-cluster")))
                                 .with_controller_id(BrokerId(1)),
+                        ))
+                    }
+                    // Every batch lands at offset 0: enough for a producer to finish.
+                    RequestKind::Produce(p) => {
+                        let responses = p
+                            .topic_data
+                            .iter()
+                            .map(|t| {
+                                let partitions = t
+                                    .partition_data
+                                    .iter()
+                                    .map(|d| {
+                                        PartitionProduceResponse::default().with_index(d.index)
+                                    })
+                                    .collect();
+                                TopicProduceResponse::default()
+                                    .with_name(t.name.clone())
+                                    .with_partition_responses(partitions)
+                            })
+                            .collect();
+                        Some(ResponseKind::Produce(
+                            ProduceResponse::default().with_responses(responses),
                         ))
                     }
                     other => panic!("toy broker got {other:?}"),

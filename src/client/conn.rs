@@ -284,19 +284,19 @@ impl KafkaConnection {
                 .with_correlation_id(correlation_id)
                 .with_client_id(Some(StrBytes::from_string(self.options.client_id.clone())));
             let frame = codec::encode_request(&header, &body)?;
-            let reply = if expect_response {
-                let (tx, rx) = oneshot::channel();
+            let reply = {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if queue.closed {
                     return Err(ClientError::Closed);
                 }
-                queue.waiting.push_back(Waiting {
-                    correlation_id,
-                    reply: tx,
-                });
-                Some(rx)
-            } else {
-                None
+                expect_response.then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    queue.waiting.push_back(Waiting {
+                        correlation_id,
+                        reply: tx,
+                    });
+                    rx
+                })
             };
             sender.next_correlation_id = correlation_id.wrapping_add(1);
             sender.writer.send_frame(frame).await?;

@@ -654,6 +654,82 @@ mod tests {
         assert!(closed.contains("version 99 of Metadata"), "{closed}");
     }
 
+    /// Answers Metadata after the number of yields the test's list gives for its
+    /// correlation id, so that handlers finish in an arbitrary order.
+    struct DelayHandler {
+        delays: Vec<u8>,
+    }
+
+    impl RequestHandler for DelayHandler {
+        fn handle(
+            &self,
+            ctx: RequestContext,
+            _request: DecodedRequest,
+        ) -> BoxFuture<'static, Option<ResponseKind>> {
+            let index = usize::try_from(ctx.correlation_id).unwrap();
+            let delay = self.delays[index];
+            Box::pin(async move {
+                for _ in 0..delay {
+                    yield_now().await;
+                }
+                Some(ResponseKind::Metadata(
+                    MetadataResponse::default().with_throttle_time_ms(ctx.correlation_id),
+                ))
+            })
+        }
+    }
+
+    async fn yield_now() {
+        let mut yielded = false;
+        futures::future::poll_fn(|cx| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever order handlers finish in and whatever the limit, every request is
+        /// answered once, in request order.
+        #[test]
+        fn responses_are_always_in_request_order(
+            delays in proptest::collection::vec(0u8..20, 1..40),
+            in_flight_requests_max in 1usize..8,
+        ) {
+            let (mut client, server) = memory_connection_pair(64, "client", "server");
+            let handler = Arc::new(DelayHandler { delays: delays.clone() });
+            let limits = ConnectionLimits { in_flight_requests_max, ..ConnectionLimits::default() };
+            let mut pool = LocalPool::new();
+            pool.spawner()
+                .spawn_local(async move {
+                    serve_connection(Box::new(server), handler, limits, 1).await;
+                })
+                .unwrap();
+            let n = delays.len();
+            let answers = pool.run_until(async move {
+                for c in 0..n {
+                    client.tx.send(metadata(c as i32)).await.unwrap();
+                }
+                drop(client.tx);
+                let mut answers = Vec::new();
+                while let Some(frame) = client.rx.next().await {
+                    let (header, _) = codec::decode_response(ApiKey::Metadata, 12, frame).unwrap();
+                    answers.push(header.correlation_id);
+                }
+                answers
+            });
+            let expected: Vec<i32> = (0..n as i32).collect();
+            proptest::prop_assert_eq!(answers, expected);
+        }
+    }
+
     #[test]
     fn the_connection_future_is_send() {
         fn assert_send<T: Send>(_: &T) {}

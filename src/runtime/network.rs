@@ -610,10 +610,17 @@ mod tests {
         assert_eq!(got[0].payload, Bytes::from_static(b"before"));
 
         drop(b);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let b = TcpNetwork::start(NodeId(2), b_addr, BTreeMap::new())
-            .await
-            .expect("restart on the same port");
+        // The old listener closes once its aborted task is dropped: retry the bind briefly.
+        let b = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match TcpNetwork::start(NodeId(2), b_addr, BTreeMap::new()).await {
+                    Ok(b) => return b,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await
+        .expect("restart on the same port");
         // Messages sent while the peer is down may be lost: keep sending until one lands.
         let result = tokio::time::timeout(Duration::from_secs(5), async {
             loop {

@@ -292,7 +292,7 @@ fn frame_prefix(header: &FrameHeader, payload_len: usize) -> Bytes {
 
 /// Reads one frame: `Ok(None)` on a clean end of stream between frames. The length is
 /// checked before the body is allocated.
-pub async fn read_frame<R: AsyncRead + Unpin>(
+async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<(FrameHeader, Bytes)>, FrameError> {
     let mut len_bytes = [0u8; 4];

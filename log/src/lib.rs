@@ -4,7 +4,12 @@
 //! offset and partition leader epoch, which sit outside the CRC, are rewritten), in segment
 //! files behind the [`Disk`] trait whose fault model is documented in [`disk`].
 
+pub mod batch;
 pub mod disk;
 pub mod testing;
 
+pub use batch::{
+    build_batch, decode_records, leader_change_batch, BatchError, BatchHeader, BatchIter,
+    BuildOptions, Compression, DecodedRecord, RecordSpec,
+};
 pub use disk::{Disk, DiskError, DiskFile, FileDisk};

@@ -6,6 +6,10 @@
 
 pub mod batch;
 pub mod disk;
+pub mod epoch;
+pub mod log;
+mod meta;
+pub mod segment;
 pub mod testing;
 
 pub use batch::{
@@ -13,3 +17,8 @@ pub use batch::{
     BuildOptions, Compression, DecodedRecord, RecordSpec,
 };
 pub use disk::{Disk, DiskError, DiskFile, FileDisk};
+pub use epoch::{EpochEntry, EpochError};
+pub use log::{
+    AppendInfo, CleanupPolicy, CompactionStats, Log, LogConfig, LogError, ReadResult,
+    RecoveryReport, RetentionStats,
+};

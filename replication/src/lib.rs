@@ -5,5 +5,6 @@
 //! writes between the Raft cores and the [`io`] traits.
 
 pub mod io;
+pub mod raft;
 
 pub use io::{BoxFuture, Clock, Envelope, Instant, Network, NodeId, Spawner};

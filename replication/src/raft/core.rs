@@ -374,8 +374,7 @@ impl<L: RaftLog> Raft<L> {
     pub fn take_ready(&mut self) -> Ready {
         assert!(!self.awaiting_advance, "take_ready twice without advance");
         self.awaiting_advance = true;
-        let sync_log =
-            self.sync_requested || self.log.durable_end() < self.log.end_offset();
+        let sync_log = self.sync_requested || self.log.durable_end() < self.log.end_offset();
         self.sync_requested = false;
         let hard_state = if self.hard_state_dirty {
             self.hard_state_dirty = false;
@@ -430,9 +429,7 @@ impl<L: RaftLog> Raft<L> {
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
-                if self.is_voter()
-                    && self.election_elapsed >= self.election_timeout
-                {
+                if self.is_voter() && self.election_elapsed >= self.election_timeout {
                     self.campaign(self.cfg.pre_vote, false)?;
                 }
                 Ok(())
@@ -481,9 +478,7 @@ impl<L: RaftLog> Raft<L> {
         let active = membership
             .voters
             .iter()
-            .filter(|v| {
-                **v == self.cfg.id || self.progress.get(v).is_some_and(|p| p.recent_active)
-            })
+            .filter(|v| **v == self.cfg.id || self.progress.get(v).is_some_and(|p| p.recent_active))
             .count();
         active >= membership.quorum()
     }
@@ -545,10 +540,7 @@ impl<L: RaftLog> Raft<L> {
         if target == self.cfg.id || !self.membership().voters.contains(&target) {
             return Err(ProposeError::InvalidMembershipChange);
         }
-        self.transfer = Some(Transfer {
-            target,
-            elapsed: 0,
-        });
+        self.transfer = Some(Transfer { target, elapsed: 0 });
         self.maybe_send_timeout_now(target);
         self.maybe_send_append(target, true)?;
         Ok(())
@@ -625,7 +617,9 @@ impl<L: RaftLog> Raft<L> {
         if end == 0 {
             0
         } else {
-            self.log.term_at(end - 1).expect("term of the last entry is known")
+            self.log
+                .term_at(end - 1)
+                .expect("term of the last entry is known")
         }
     }
 
@@ -896,7 +890,10 @@ impl<L: RaftLog> Raft<L> {
         }
         if p.next_end < start {
             p.become_snapshot();
-            let start_term = self.log.term_at(start - 1).expect("term below the log start");
+            let start_term = self
+                .log
+                .term_at(start - 1)
+                .expect("term below the log start");
             let membership = self.membership_at(start).clone();
             let data = self.log.snapshot_data();
             self.messages.push((
@@ -1052,8 +1049,7 @@ impl<L: RaftLog> Raft<L> {
     fn maybe_send_timeout_now(&mut self, peer: NodeId) {
         let end = self.log.end_offset();
         if let Some(t) = self.transfer {
-            if t.target == peer && self.progress.get(&peer).is_some_and(|p| p.match_end == end)
-            {
+            if t.target == peer && self.progress.get(&peer).is_some_and(|p| p.match_end == end) {
                 self.messages
                     .push((peer, Message::TimeoutNow { term: self.term }));
             }
@@ -1146,7 +1142,9 @@ impl<L: RaftLog> Raft<L> {
                 .collect();
             self.progress.retain(|id, _| members.contains(id));
             for m in members {
-                self.progress.entry(m).or_insert_with(|| Progress::new(log_end));
+                self.progress
+                    .entry(m)
+                    .or_insert_with(|| Progress::new(log_end));
             }
         }
     }

@@ -24,7 +24,9 @@ pub enum Message {
     HeartbeatResponse(HeartbeatResponse),
     InstallSnapshot(SnapshotRequest),
     /// Leadership transfer: the leader tells an up-to-date follower to campaign at once.
-    TimeoutNow { term: Term },
+    TimeoutNow {
+        term: Term,
+    },
 }
 
 impl Message {

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::core::{ProposeError, Raft, RaftConfig, RaftError, Ready, Role, Status};
 pub use message::{
-    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, SnapshotRequest,
-    Term, VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, SnapshotRequest, Term,
+    VoteRequest, VoteResponse,
 };
 pub use storage::{HardState, MembershipEntry, RaftLog, StorageError};
 

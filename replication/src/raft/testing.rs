@@ -131,10 +131,15 @@ impl RaftLog for MemLog {
         Ok(out.freeze())
     }
 
-    fn append_leader(&mut self, mut batch: BytesMut, term: Term) -> Result<(u64, u64), StorageError> {
+    fn append_leader(
+        &mut self,
+        mut batch: BytesMut,
+        term: Term,
+    ) -> Result<(u64, u64), StorageError> {
         let base = self.end_offset();
-        fjord_log::batch::set_base_offset(&mut batch, base);
-        fjord_log::batch::set_partition_leader_epoch(&mut batch, term as i32);
+        fjord_log::batch::set_base_offset(&mut batch, base).expect("a whole batch");
+        fjord_log::batch::set_partition_leader_epoch(&mut batch, term as i32)
+            .expect("a whole batch");
         let header = BatchHeader::parse(&batch).map_err(|e| StorageError(e.to_string()))?;
         let end = header.last_offset() + 1;
         self.live.entries.push(Entry {
@@ -149,9 +154,16 @@ impl RaftLog for MemLog {
 
     fn append_follower(&mut self, batch: &[u8]) -> Result<(), StorageError> {
         let header = BatchHeader::parse(batch).map_err(|e| StorageError(e.to_string()))?;
-        assert!(header.base_offset >= self.end_offset(), "append below the end");
+        assert!(
+            header.base_offset >= self.end_offset(),
+            "append below the end"
+        );
         let term = header.partition_leader_epoch as Term;
-        assert!(term >= self.term_at(self.end_offset().saturating_sub(1)).unwrap_or(0));
+        assert!(
+            term >= self
+                .term_at(self.end_offset().saturating_sub(1))
+                .unwrap_or(0)
+        );
         self.live.entries.push(Entry {
             base: header.base_offset,
             end: header.last_offset() + 1,
@@ -170,7 +182,12 @@ impl RaftLog for MemLog {
         Ok(self.end_offset())
     }
 
-    fn install_snapshot(&mut self, start: u64, start_term: Term, data: Bytes) -> Result<(), StorageError> {
+    fn install_snapshot(
+        &mut self,
+        start: u64,
+        start_term: Term,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
         self.live = State {
             start,
             start_term,

@@ -199,7 +199,8 @@ impl Cluster {
                     e.base
                 ),
                 None => {
-                    self.committed.insert(e.base, (e.end, e.term, e.bytes.clone()));
+                    self.committed
+                        .insert(e.base, (e.end, e.term, e.bytes.clone()));
                 }
             }
         }
@@ -335,8 +336,14 @@ fn election_persists_term_and_vote_before_asking_for_votes() {
     }
     let _ = r.take_ready();
     r.advance();
-    r.step(n(2), Message::PreVoteResponse(VoteResponse { term: 1, granted: true }))
-        .unwrap();
+    r.step(
+        n(2),
+        Message::PreVoteResponse(VoteResponse {
+            term: 1,
+            granted: true,
+        }),
+    )
+    .unwrap();
     let rd = r.take_ready();
     assert_eq!(r.role(), Role::Candidate);
     let hs = rd.hard_state.clone().expect("term and vote persisted");
@@ -354,8 +361,14 @@ fn election_persists_term_and_vote_before_asking_for_votes() {
     );
     r.advance();
     // One more vote makes a majority: leader, with a no-op of its term.
-    r.step(n(3), Message::VoteResponse(VoteResponse { term: 1, granted: true }))
-        .unwrap();
+    r.step(
+        n(3),
+        Message::VoteResponse(VoteResponse {
+            term: 1,
+            granted: true,
+        }),
+    )
+    .unwrap();
     assert_eq!(r.role(), Role::Leader);
     assert_eq!(r.log().end_offset(), 1);
     assert_eq!(r.log().term_at(0), Some(1));
@@ -364,7 +377,9 @@ fn election_persists_term_and_vote_before_asking_for_votes() {
     let appends: Vec<_> = rd
         .messages
         .iter()
-        .filter(|(_, m)| matches!(m, Message::Append(a) if a.prev_end == 0 && !a.batches.is_empty()))
+        .filter(
+            |(_, m)| matches!(m, Message::Append(a) if a.prev_end == 0 && !a.batches.is_empty()),
+        )
         .map(|(to, _)| *to)
         .collect();
     assert_eq!(appends, vec![n(2), n(3)]);
@@ -385,17 +400,32 @@ fn vote_is_granted_once_per_term_and_only_after_persisting() {
     };
     r.step(n(1), req(1)).unwrap();
     let rd = r.take_ready();
-    assert_eq!(rd.hard_state.as_ref().map(|h| (h.term, h.vote)), Some((1, Some(n(1)))));
+    assert_eq!(
+        rd.hard_state.as_ref().map(|h| (h.term, h.vote)),
+        Some((1, Some(n(1))))
+    );
     assert_eq!(
         rd.messages_after_persist,
-        vec![(n(1), Message::VoteResponse(VoteResponse { term: 1, granted: true }))]
+        vec![(
+            n(1),
+            Message::VoteResponse(VoteResponse {
+                term: 1,
+                granted: true
+            })
+        )]
     );
     r.advance();
     r.step(n(3), req(1)).unwrap();
     let rd = r.take_ready();
     assert_eq!(
         rd.messages,
-        vec![(n(3), Message::VoteResponse(VoteResponse { term: 1, granted: false }))]
+        vec![(
+            n(3),
+            Message::VoteResponse(VoteResponse {
+                term: 1,
+                granted: false
+            })
+        )]
     );
     r.advance();
 }
@@ -428,9 +458,13 @@ fn vote_is_refused_to_a_candidate_with_a_stale_log() {
     )
     .unwrap();
     let rd = r.take_ready();
-    assert!(rd
-        .messages
-        .contains(&(n(9), Message::VoteResponse(VoteResponse { term: term + 1, granted: false }))));
+    assert!(rd.messages.contains(&(
+        n(9),
+        Message::VoteResponse(VoteResponse {
+            term: term + 1,
+            granted: false
+        })
+    )));
     r.advance();
 }
 
@@ -444,14 +478,14 @@ fn follower_truncates_a_conflicting_suffix() {
     {
         let r = c.raft(f);
         let mut b = batch("stale", 3);
-        fjord_log::batch::set_base_offset(&mut b, 1);
-        fjord_log::batch::set_partition_leader_epoch(&mut b, term as i32);
+        fjord_log::batch::set_base_offset(&mut b, 1).expect("a whole batch");
+        fjord_log::batch::set_partition_leader_epoch(&mut b, term as i32).expect("a whole batch");
         r.log_mut().append_follower(&b).unwrap();
     }
     // The real leader's entry at 1 is of a newer term.
     let mut b = batch("new", 2);
-    fjord_log::batch::set_base_offset(&mut b, 1);
-    fjord_log::batch::set_partition_leader_epoch(&mut b, (term + 1) as i32);
+    fjord_log::batch::set_base_offset(&mut b, 1).expect("a whole batch");
+    fjord_log::batch::set_partition_leader_epoch(&mut b, (term + 1) as i32).expect("a whole batch");
     let r = c.raft(f);
     r.step(
         n(leader),
@@ -468,7 +502,10 @@ fn follower_truncates_a_conflicting_suffix() {
     assert_eq!(r.log().term_at(1), Some(term + 1));
     let rd = r.take_ready();
     assert!(rd.sync_log);
-    assert!(rd.messages.is_empty(), "no ack before the entries are durable");
+    assert!(
+        rd.messages.is_empty(),
+        "no ack before the entries are durable"
+    );
     r.log_mut().sync().unwrap();
     r.advance();
     let rd = r.take_ready();
@@ -525,7 +562,10 @@ fn append_with_unknown_prev_is_rejected_with_a_hint() {
 #[test]
 fn leader_never_commits_an_earlier_term_entry_by_counting() {
     assert_eq!(figure_8_commit(false), None);
-    assert!(figure_8_commit(true).is_some(), "the injected bug is observable");
+    assert!(
+        figure_8_commit(true).is_some(),
+        "the injected bug is observable"
+    );
 }
 
 /// Returns the commit end the re-elected leader reaches from a quorum holding only an entry
@@ -655,7 +695,10 @@ fn learner_receives_the_log_but_never_votes_or_campaigns() {
         c.tick_all();
         c.deliver_all();
     }
-    assert_eq!(c.raft(4).log().end_offset(), c.raft(leader).log().end_offset());
+    assert_eq!(
+        c.raft(4).log().end_offset(),
+        c.raft(leader).log().end_offset()
+    );
     assert_eq!(c.raft(4).commit_end(), c.raft(leader).commit_end());
     // Cut the learner off: it never campaigns.
     for _ in 0..200 {
@@ -800,7 +843,8 @@ fn bug(name: &str) -> RaftBugs {
 fn first_failing_seed(bugs: RaftBugs, limit: u64) -> Option<u64> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let found = (0..limit).find(|seed| std::panic::catch_unwind(|| run_random(*seed, bugs)).is_err());
+    let found =
+        (0..limit).find(|seed| std::panic::catch_unwind(|| run_random(*seed, bugs)).is_err());
     std::panic::set_hook(hook);
     found
 }
@@ -809,7 +853,11 @@ fn first_failing_seed(bugs: RaftBugs, limit: u64) -> Option<u64> {
 /// by a core assertion) within a bounded number of seeds.
 #[test]
 fn randomized_clusters_catch_injected_bugs() {
-    for name in ["ack-before-fsync", "vote-not-persisted", "no-truncate-on-conflict"] {
+    for name in [
+        "ack-before-fsync",
+        "vote-not-persisted",
+        "no-truncate-on-conflict",
+    ] {
         let seed = first_failing_seed(bug(name), 400);
         assert!(seed.is_some(), "{name} not caught within 400 seeds");
     }
@@ -824,7 +872,10 @@ fn randomized_clusters_catch_injected_bugs() {
 #[ignore]
 fn randomized_clusters_catch_commit_old_term_by_count() {
     let seed = first_failing_seed(bug("commit-old-term-by-count"), 50_000);
-    assert!(seed.is_some(), "commit-old-term-by-count not caught within 50000 seeds");
+    assert!(
+        seed.is_some(),
+        "commit-old-term-by-count not caught within 50000 seeds"
+    );
 }
 
 fn run_random(seed: u64, bugs: RaftBugs) {
@@ -915,8 +966,7 @@ fn run_random(seed: u64, bugs: RaftBugs) {
                 if let Some(l) = c.leader() {
                     if c.members[&n(l)].pending.is_none() {
                         let tag = format!("s{seed}-{step}");
-                        if let Ok((base, end)) =
-                            c.raft(l).propose(batch(&tag, rng.gen_range(1..4)))
+                        if let Ok((base, end)) = c.raft(l).propose(batch(&tag, rng.gen_range(1..4)))
                         {
                             let term = c.raft(l).term();
                             proposed.push((l, term, base, end, tag));
@@ -972,7 +1022,12 @@ fn run_random(seed: u64, bugs: RaftBugs) {
     if std::env::var("RAFT_STATS").is_ok() {
         eprintln!(
             "seed {seed}: size {size} terms {} leaders {} acked {} commit {:?}",
-            c.members.values().filter_map(|m| m.raft.as_ref()).map(|r| r.term()).max().unwrap_or(0),
+            c.members
+                .values()
+                .filter_map(|m| m.raft.as_ref())
+                .map(|r| r.term())
+                .max()
+                .unwrap_or(0),
             c.leaders.len(),
             acked.len(),
             c.leader().map(|l| c.raft(l).commit_end())
@@ -1002,7 +1057,10 @@ fn run_random(seed: u64, bugs: RaftBugs) {
             eprintln!("{st:?} pending={}", c.members[&n(*id)].pending.is_some());
         }
     }
-    assert!(converged, "seed {seed}: the group did not converge after healing");
+    assert!(
+        converged,
+        "seed {seed}: the group did not converge after healing"
+    );
     for (base, end, tag) in &acked {
         for id in &ids {
             let log = c.raft(*id).log();

@@ -100,6 +100,21 @@ impl EpochCache {
         Ok(true)
     }
 
+    /// Recovery's check of a batch found on disk against the cache: true if the cache
+    /// already says `epoch` wrote `start_offset`, or if this is a new, later epoch (then it
+    /// is assigned); false if the two disagree (an epoch field damaged, or a cache that does
+    /// not describe this log).
+    pub fn observe(&mut self, epoch: i32, start_offset: u64) -> bool {
+        if self.epoch_at(start_offset) == Some(epoch) {
+            return true;
+        }
+        let is_new = self
+            .entries
+            .last()
+            .is_none_or(|l| epoch > l.epoch && start_offset >= l.start_offset);
+        is_new && self.assign(epoch, start_offset).is_ok()
+    }
+
     /// The epoch of `offset`: the last entry starting at or before it.
     pub fn epoch_at(&self, offset: u64) -> Option<i32> {
         let idx = self.entries.partition_point(|e| e.start_offset <= offset);
@@ -219,6 +234,21 @@ mod tests {
         assert_eq!(c.last_epoch(), Some(3));
         c.reset(7, 99);
         assert_eq!((c.epoch_at(99), c.epoch_at(98)), (Some(7), None));
+    }
+
+    #[test]
+    fn observe_accepts_known_and_new_epochs_only() {
+        let mut c = cache(&[(1, 0), (3, 10)]);
+        assert!(c.observe(1, 4));
+        assert!(c.observe(3, 10));
+        assert!(c.observe(3, 12));
+        assert!(!c.observe(2, 12), "disagrees with the cache");
+        assert!(!c.observe(3, 5), "epoch 3 starts later");
+        assert!(c.observe(5, 20));
+        assert_eq!(c.last_epoch(), Some(5));
+        let mut empty = EpochCache::default();
+        assert!(empty.observe(2, 7));
+        assert_eq!(empty.epoch_at(7), Some(2));
     }
 
     #[test]

@@ -31,8 +31,8 @@
 //!    their checksummed index files are loaded, or, if missing or stale, the segment is
 //!    scanned to rebuild them.
 //! 3. The segment containing the recovery point and every later one are scanned: every batch
-//!    is checked (framing, CRC32C, offsets increasing, epochs not decreasing) and the leader
-//!    epoch cache is rebuilt from their headers.
+//!    is checked (framing, CRC32C, offsets increasing, its epoch agreeing with the epoch
+//!    cache of `log.meta` or starting a new, later epoch, which is added to the cache).
 //! 4. At the first bad batch the log is cut: the rest of that segment and every later
 //!    segment are removed (durably). The cut is a *torn tail* — silently expected after a
 //!    crash, reported in [`RecoveryReport::truncated_at`] — unless it is known or suspected
@@ -393,9 +393,6 @@ impl Log {
             .iter()
             .rposition(|b| *b <= self.recovery_point)
             .unwrap_or(0);
-        if let Some(base) = bases.get(verify_from) {
-            epochs.truncate_from_end(*base);
-        }
         let last_index = bases.len().saturating_sub(1);
         let mut expected = 0u64;
         // (segment, position to cut at or None to drop it whole, corrupt?)
@@ -415,12 +412,12 @@ impl Log {
                 }
                 let mut epoch_error = false;
                 let mut verified = 0u64;
+                let log_start = self.log_start;
                 let stop = segment.scan(interval, expected, &mut |h| {
                     verified += 1;
-                    if verify
-                        && epochs
-                            .assign(h.partition_leader_epoch, h.base_offset)
-                            .is_err()
+                    // The cache no longer covers batches wholly before `log_start - 1`.
+                    let covered = h.last_offset().saturating_add(1) >= log_start;
+                    if verify && covered && !epochs.observe(h.partition_leader_epoch, h.base_offset)
                     {
                         epoch_error = true;
                         return false;

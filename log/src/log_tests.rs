@@ -743,3 +743,159 @@ fn compaction_keeps_the_latest_value_of_every_key_and_the_offsets() {
     assert_eq!(report.corruption, None);
     assert_eq!(log.log_end_offset(), end);
 }
+
+/// A compacted topic's log, fully durable: keys `k0..k7` overwritten in rounds, some
+/// tombstones, a control batch, an idempotent producer's batches; small segments.
+fn compacted_log(seed: u64) -> (MemDisk, Log) {
+    let disk = MemDisk::new(seed);
+    let config = LogConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        delete_retention_ms: 500,
+        segment_size_max_bytes: 1024,
+        ..LogConfig::for_tests()
+    };
+    let (mut log, _) = open_with(&disk, config);
+    let mut lc = BytesMut::from(&leader_change_batch(1, 0, 0)[..]);
+    log.append(&mut lc, 1).expect("append");
+    for round in 0..30i64 {
+        let specs: Vec<RecordSpec> = (0..3)
+            .map(|i| {
+                let key = (round * 3 + i) % 8;
+                let tombstone = (round + i) % 5 == 0;
+                RecordSpec {
+                    key: Some(Bytes::from(format!("k{key}"))),
+                    value: (!tombstone).then(|| Bytes::from(format!("v{round}-{i}"))),
+                    headers: Vec::new(),
+                    timestamp_ms: round * 100,
+                }
+            })
+            .collect();
+        let opts = BuildOptions {
+            producer_id: if round % 4 == 0 { 7 } else { -1 },
+            producer_epoch: if round % 4 == 0 { 0 } else { -1 },
+            base_sequence: if round % 4 == 0 { round as i32 } else { -1 },
+            ..BuildOptions::default()
+        };
+        let mut b = BytesMut::from(&build_batch(&specs, &opts).expect("build")[..]);
+        log.append(&mut b, 1 + (round / 10) as i32).expect("append");
+    }
+    log.checkpoint().expect("checkpoint");
+    (disk, log)
+}
+
+/// offset -> (key, value, timestamp) of every record, and the batch ranges.
+type Snapshot = (
+    BTreeMap<u64, (Option<Bytes>, Option<Bytes>, i64)>,
+    Vec<(u64, u64)>,
+);
+
+fn snapshot(log: &Log) -> Snapshot {
+    let mut records = BTreeMap::new();
+    let mut ranges = Vec::new();
+    for (h, b) in read_all(log, log.log_start_offset()) {
+        ranges.push((h.base_offset, h.last_offset()));
+        for r in decode_records(&b).expect("decode") {
+            records.insert(r.offset, (r.key, r.value, r.timestamp_ms));
+        }
+    }
+    (records, ranges)
+}
+
+/// The latest record per key.
+fn latest(
+    records: &BTreeMap<u64, (Option<Bytes>, Option<Bytes>, i64)>,
+) -> BTreeMap<Bytes, (u64, Option<Bytes>, i64)> {
+    let mut out = BTreeMap::new();
+    for (offset, (key, value, ts)) in records {
+        if let Some(k) = key {
+            out.insert(k.clone(), (*offset, value.clone(), *ts));
+        }
+    }
+    out
+}
+
+/// Checks that `after` is a legal compaction of `before` at `now_ms` with the log's
+/// tombstone retention: every record present is the original one, batch ranges are the
+/// original ones, every key's latest record is still there (an expired tombstone may go).
+fn check_compacted(
+    before: &Snapshot,
+    after: &Snapshot,
+    now_ms: i64,
+    delete_retention_ms: i64,
+    context: &str,
+) {
+    for (offset, record) in &after.0 {
+        assert_eq!(
+            before.0.get(offset),
+            Some(record),
+            "{context}: record {offset} changed"
+        );
+    }
+    for range in &after.1 {
+        assert!(
+            before.1.contains(range),
+            "{context}: batch range {range:?} is new"
+        );
+    }
+    let (old, new) = (latest(&before.0), latest(&after.0));
+    for (key, (offset, value, ts)) in &old {
+        let expired_tombstone = value.is_none() && *ts < now_ms - delete_retention_ms;
+        match new.get(key) {
+            Some(found) => assert_eq!(
+                found,
+                &(*offset, value.clone(), *ts),
+                "{context}: key {key:?}"
+            ),
+            None => assert!(expired_tombstone, "{context}: key {key:?} lost"),
+        }
+    }
+    // Control batches and the last batch survive.
+    assert_eq!(
+        after.1.first(),
+        before.1.first(),
+        "{context}: control batch"
+    );
+    assert_eq!(after.1.last(), before.1.last(), "{context}: last batch");
+}
+
+#[test]
+fn compaction_is_crash_safe_at_every_disk_step() {
+    let now_ms = 1_000;
+    let (_, mut reference) = compacted_log(1);
+    let before = snapshot(&reference);
+    let end = reference.log_end_offset();
+    let stats = reference.compact(now_ms, end).expect("compact");
+    assert!(stats.segments_cleaned >= 2, "{stats:?}");
+    assert!(stats.batches_removed > 0, "{stats:?}");
+    check_compacted(&before, &snapshot(&reference), now_ms, 500, "uninterrupted");
+    let mut steps = 0;
+    for step in 1.. {
+        let (disk, mut log) = compacted_log(1);
+        assert_eq!(snapshot(&log), before);
+        disk.crash_at_mutation(Some(disk.stats().mutations + step));
+        let finished = log.compact(now_ms, end).is_ok();
+        disk.crash_at_mutation(None);
+        drop(log);
+        disk.crash();
+        let (mut log, report) = open(&disk);
+        let context = format!("crash at step {step}");
+        assert_eq!(report.corruption, None, "{context}");
+        assert_eq!(log.log_end_offset(), end, "{context}");
+        let after = snapshot(&log);
+        check_compacted(&before, &after, now_ms, 500, &context);
+        // Compaction resumes after the crash and converges to the same content.
+        log.set_config(reference.config().clone()).expect("config");
+        log.compact(now_ms, end).expect("compact again");
+        check_compacted(&before, &snapshot(&log), now_ms, 500, &context);
+        assert_eq!(
+            latest(&snapshot(&log).0),
+            latest(&snapshot(&reference).0),
+            "{context}"
+        );
+        steps = step;
+        if finished {
+            break;
+        }
+    }
+    assert!(steps > 10, "compaction took only {steps} disk steps");
+}

@@ -5,6 +5,9 @@
 //! writes between the Raft cores and the [`io`] traits.
 
 pub mod io;
+pub mod multiraft;
+pub mod node;
 pub mod raft;
+pub mod storage;
 
 pub use io::{BoxFuture, Clock, Envelope, Instant, Network, NodeId, Spawner};

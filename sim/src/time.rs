@@ -1,0 +1,68 @@
+//! Simulated time: reading madsim's virtual clock and sleeping on it exactly.
+//!
+//! madsim's own `sleep` rounds every sleep up to at least 1 ms (as Tokio does); the simulator
+//! needs exact sub-millisecond timers for network latencies and drifting clocks, so it resets
+//! the deadline of madsim's `Sleep` to the exact instant.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use madsim::time::TimeHandle;
+
+/// Simulated time since the world started.
+pub fn now() -> Duration {
+    TimeHandle::current().elapsed()
+}
+
+/// Completes once `duration` of simulated time has passed (exactly; a zero duration yields
+/// to other tasks once, so that a loop of zero sleeps cannot starve the executor).
+pub async fn sleep(duration: Duration) {
+    if duration.is_zero() {
+        YieldNow { yielded: false }.await;
+        return;
+    }
+    let handle = TimeHandle::current();
+    let deadline = handle.now_instant() + duration;
+    let mut sleep = pin!(handle.sleep_until(deadline));
+    sleep.as_mut().reset(deadline);
+    sleep.await
+}
+
+/// Completes at simulated time `at` (since the world started), or at once if it has passed.
+pub async fn sleep_until(at: Duration) {
+    let now = now();
+    if at > now {
+        sleep(at - now).await;
+    }
+}
+
+/// Lets every other ready task run once.
+pub struct YieldNow {
+    yielded: bool,
+}
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Runs `future` for at most `limit` of simulated time; `None` if it did not finish.
+pub async fn timeout<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
+    use futures::future::{select, Either};
+    let future = pin!(future);
+    let deadline = pin!(sleep(limit));
+    match select(future, deadline).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(((), _)) => None,
+    }
+}

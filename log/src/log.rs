@@ -1219,14 +1219,14 @@ impl Log {
         let tombstone_horizon = now_ms.saturating_sub(self.config.delete_retention_ms);
         // Pass 2: rewrite and swap, oldest first.
         for base in mapped {
-            let plan = self.plan_segment(base, &latest, &producer_last, tombstone_horizon)?;
-            let Some(plan) = plan else {
+            let before = self.segments[&base].size;
+            let cleaned = self.clean_segment(base, &latest, &producer_last, tombstone_horizon)?;
+            let Some((cleaned, records_removed, batches_removed)) = cleaned else {
                 continue;
             };
-            stats.records_removed += plan.records_removed;
-            stats.batches_removed += plan.batches_removed;
-            stats.bytes_before += self.segments[&base].size;
-            let cleaned = self.write_cleaned(base, &plan.batches)?;
+            stats.records_removed += records_removed;
+            stats.batches_removed += batches_removed;
+            stats.bytes_before += before;
             stats.bytes_after += cleaned.size;
             self.swap_in(base, cleaned)?;
             stats.segments_cleaned += 1;
@@ -1234,76 +1234,106 @@ impl Log {
         Ok(stats)
     }
 
-    /// The new content of one segment, or `None` if nothing would change.
-    fn plan_segment(
+    /// What compaction does with one batch.
+    fn decide(
+        &self,
+        header: &BatchHeader,
+        bytes: &[u8],
+        latest: &BTreeMap<Bytes, u64>,
+        producer_last: &BTreeMap<i64, u64>,
+        tombstone_horizon: i64,
+    ) -> Result<Decision, LogError> {
+        let corrupt = LogError::Corrupt {
+            offset: header.base_offset,
+        };
+        BatchHeader::validate(bytes).map_err(|_| corrupt)?;
+        if header.is_control() || header.is_transactional() {
+            return Ok(Decision::Keep);
+        }
+        // Records we cannot materialise stay as they are.
+        let Ok(records) = decode_records(bytes) else {
+            return Ok(Decision::Keep);
+        };
+        let before = records.len();
+        let kept: Vec<_> = records
+            .into_iter()
+            .filter(|r| match &r.key {
+                None => true,
+                Some(k) => {
+                    latest.get(k) == Some(&r.offset)
+                        && (r.value.is_some() || r.timestamp_ms >= tombstone_horizon)
+                }
+            })
+            .collect();
+        let removed = (before - kept.len()) as u64;
+        if removed == 0 {
+            return Ok(Decision::Keep);
+        }
+        let needed = header.next_offset() >= self.log_end
+            || (header.producer_id >= 0
+                && producer_last.get(&header.producer_id) == Some(&header.base_offset));
+        if kept.is_empty() && !needed {
+            return Ok(Decision::Drop { removed });
+        }
+        let rebuilt = rebuild_batch(header, &kept)?;
+        let new_header = BatchHeader::validate(&rebuilt)?;
+        Ok(Decision::Replace {
+            header: new_header,
+            bytes: rebuilt,
+            removed,
+        })
+    }
+
+    /// Streams the cleaned copy of segment `base` into `{base}.log.cleaned` (started at the
+    /// first batch that changes, so one batch at a time is in memory) and syncs it. `None`
+    /// if nothing changes. Also returns the records and batches removed.
+    fn clean_segment(
         &self,
         base: u64,
         latest: &BTreeMap<Bytes, u64>,
         producer_last: &BTreeMap<i64, u64>,
         tombstone_horizon: i64,
-    ) -> Result<Option<CleanPlan>, LogError> {
+    ) -> Result<Option<(Segment, u64, u64)>, LogError> {
         let segment = &self.segments[&base];
-        let mut plan = CleanPlan::default();
-        let mut changed = false;
-        for (position, header) in Self::segment_batches(segment)? {
-            let bytes = segment.read(position, header.total_size())?;
-            let opaque = header.is_control() || header.is_transactional();
-            let records = if opaque {
-                None
-            } else {
-                decode_records(&bytes).ok()
-            };
-            let Some(records) = records else {
-                BatchHeader::validate(&bytes).map_err(|_| LogError::Corrupt {
-                    offset: header.base_offset,
-                })?;
-                plan.batches.push((header, bytes));
-                continue;
-            };
-            let before = records.len();
-            let kept: Vec<_> = records
-                .into_iter()
-                .filter(|r| match &r.key {
-                    None => true,
-                    Some(k) => {
-                        latest.get(k) == Some(&r.offset)
-                            && (r.value.is_some() || r.timestamp_ms >= tombstone_horizon)
-                    }
-                })
-                .collect();
-            if kept.len() == before {
-                plan.batches.push((header, bytes));
-                continue;
+        let interval = self.config.index_interval_bytes;
+        let batches = Self::segment_batches(segment)?;
+        let mut cleaned: Option<Segment> = None;
+        let (mut records_removed, mut batches_removed) = (0u64, 0u64);
+        for (i, (position, header)) in batches.iter().enumerate() {
+            let bytes = segment.read(*position, header.total_size())?;
+            let decision = self.decide(header, &bytes, latest, producer_last, tombstone_horizon)?;
+            if cleaned.is_none() && !matches!(decision, Decision::Keep) {
+                let path = self.cleaned_path(base);
+                let mut copy = Segment::create_at(self.disk.as_ref(), &path, base)?;
+                for (p, h) in &batches[..i] {
+                    copy.append(h, &segment.read(*p, h.total_size())?, interval)?;
+                }
+                cleaned = Some(copy);
             }
-            changed = true;
-            plan.records_removed += (before - kept.len()) as u64;
-            let needed = header.next_offset() >= self.log_end
-                || (header.producer_id >= 0
-                    && producer_last.get(&header.producer_id) == Some(&header.base_offset));
-            if kept.is_empty() && !needed {
-                plan.batches_removed += 1;
+            let Some(copy) = cleaned.as_mut() else {
                 continue;
+            };
+            match decision {
+                Decision::Keep => copy.append(header, &bytes, interval)?,
+                Decision::Drop { removed } => {
+                    records_removed += removed;
+                    batches_removed += 1;
+                }
+                Decision::Replace {
+                    header,
+                    bytes,
+                    removed,
+                } => {
+                    records_removed += removed;
+                    copy.append(&header, &bytes, interval)?;
+                }
             }
-            let rebuilt = rebuild_batch(&header, &kept)?;
-            let new_header = BatchHeader::validate(&rebuilt)?;
-            plan.batches.push((new_header, rebuilt));
         }
-        Ok(changed.then_some(plan))
-    }
-
-    /// Writes a cleaned copy of segment `base` as `{base}.log.cleaned` and syncs it.
-    fn write_cleaned(
-        &self,
-        base: u64,
-        batches: &[(BatchHeader, Bytes)],
-    ) -> Result<Segment, LogError> {
-        let path = self.cleaned_path(base);
-        let mut cleaned = Segment::create_at(self.disk.as_ref(), &path, base)?;
-        for (header, bytes) in batches {
-            cleaned.append(header, bytes, self.config.index_interval_bytes)?;
-        }
-        cleaned.sync()?;
-        Ok(cleaned)
+        let Some(mut copy) = cleaned else {
+            return Ok(None);
+        };
+        copy.sync()?;
+        Ok(Some((copy, records_removed, batches_removed)))
     }
 
     fn cleaned_path(&self, base: u64) -> PathBuf {
@@ -1332,12 +1362,19 @@ impl Log {
     }
 }
 
-/// New content for one segment.
-#[derive(Debug, Default)]
-struct CleanPlan {
-    batches: Vec<(BatchHeader, Bytes)>,
-    records_removed: u64,
-    batches_removed: u64,
+/// What compaction does with one batch.
+#[derive(Debug)]
+enum Decision {
+    /// Copy it byte for byte.
+    Keep,
+    /// Drop it whole (every record removed), leaving an offset gap.
+    Drop { removed: u64 },
+    /// Write this re-encoded batch (same offset range) instead.
+    Replace {
+        header: BatchHeader,
+        bytes: Bytes,
+        removed: u64,
+    },
 }
 
 #[cfg(test)]

@@ -899,3 +899,11 @@ fn compaction_is_crash_safe_at_every_disk_step() {
     }
     assert!(steps > 10, "compaction took only {steps} disk steps");
 }
+
+#[test]
+fn logs_and_disks_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Log>();
+    send_sync::<MemDisk>();
+    send_sync::<FileDisk>();
+}

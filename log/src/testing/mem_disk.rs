@@ -771,8 +771,20 @@ impl DiskFile for MemFile {
                 inode.resolve(&mut inner.rng);
             } else {
                 inner.stats.syncs += 1;
-                inode.durable.clone_from(&inode.current);
-                inode.pending.clear();
+                // Replaying the pending operations (rather than copying the whole file)
+                // keeps a sync proportional to what it makes durable.
+                for op in inode.pending.drain(..) {
+                    match op {
+                        PendingOp::Write { offset, data } => {
+                            apply_write(&mut inode.durable, offset, &data)
+                        }
+                        PendingOp::SetLen(len) => apply_set_len(&mut inode.durable, len),
+                    }
+                }
+                debug_assert!(
+                    inode.durable == inode.current,
+                    "replay equals the visible file"
+                );
             }
             failed
         };

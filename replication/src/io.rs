@@ -106,6 +106,9 @@ pub trait Network: Send + Sync + 'static {
     fn send(&self, to: NodeId, payload: Bytes);
     /// The next message addressed to this node. Completes when one arrives.
     fn recv(&self) -> BoxFuture<'_, Envelope>;
+    /// Learns where node `id` can be reached (its advertised node-to-node address), e.g.
+    /// from a broker registration. Transports that route by node id alone ignore it.
+    fn set_peer_address(&self, _id: NodeId, _addr: &str) {}
 }
 
 /// Largest payload a [`Network`] carries, in bytes. Larger sends are dropped (and logged)

@@ -262,6 +262,23 @@ impl Network for TcpNetwork {
         }
     }
 
+    fn set_peer_address(&self, id: NodeId, addr: &str) {
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => {
+                let known = self
+                    .peers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&id)
+                    .map(|p| p.addr);
+                if known != Some(a) {
+                    self.set_peer(id, a);
+                }
+            }
+            Err(e) => tracing::warn!(node = %self.local, peer = %id, addr, "bad peer address: {e}"),
+        }
+    }
+
     fn recv(&self) -> BoxFuture<'_, Envelope> {
         Box::pin(async move {
             let mut inbox = self.inbox_rx.lock().await;

@@ -42,6 +42,7 @@ impl State {
 #[derive(Clone, Debug)]
 pub struct SimClock {
     state: Arc<Mutex<State>>,
+    time: time::Now,
 }
 
 impl SimClock {
@@ -49,14 +50,16 @@ impl SimClock {
     /// `wall_now_ms` now, running without drift.
     pub fn new(origin: Instant, wall_now_ms: i64) -> Self {
         let origin_nanos = origin.as_nanos();
+        let now = time::Now::current();
         SimClock {
             state: Arc::new(Mutex::new(State {
-                anchor_sim: time::now(),
+                anchor_sim: now.get(),
                 anchor_local_nanos: origin_nanos,
                 drift_ppm: 0,
                 last_nanos: origin_nanos,
                 wall_epoch_ms: wall_now_ms - (origin_nanos / 1_000_000) as i64,
             })),
+            time: now,
         }
     }
 
@@ -70,7 +73,7 @@ impl SimClock {
             ppm.unsigned_abs() < 1_000_000,
             "drift {ppm}ppm would stop or reverse time"
         );
-        let sim = time::now();
+        let sim = self.time.get();
         let mut s = self.lock();
         let local = s.local_nanos(sim);
         s.anchor_sim = sim;
@@ -88,7 +91,7 @@ impl SimClock {
     }
 
     fn now_nanos(&self) -> u64 {
-        let sim = time::now();
+        let sim = self.time.get();
         self.lock().local_nanos(sim)
     }
 
@@ -107,7 +110,7 @@ impl Clock for SimClock {
     }
 
     fn wall_clock_ms(&self) -> i64 {
-        let sim = time::now();
+        let sim = self.time.get();
         let mut s = self.lock();
         let local_ms = (s.local_nanos(sim) / 1_000_000) as i64;
         s.wall_epoch_ms + local_ms

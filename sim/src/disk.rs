@@ -38,6 +38,7 @@ pub type FatalHook = Arc<dyn Fn(NodeId, u32, String) + Send + Sync>;
 pub struct SimDevice {
     pub mem: MemDisk,
     timing: Arc<Mutex<Timing>>,
+    now: time::Now,
 }
 
 struct Timing {
@@ -67,6 +68,7 @@ impl SimDevice {
                 params,
                 busy_until: Duration::ZERO,
             })),
+            now: time::Now::current(),
         }
     }
 
@@ -81,7 +83,7 @@ impl SimDevice {
     }
 
     fn charge(&self, sync: bool) {
-        let now = time::now();
+        let now = self.now.get();
         let mut t = self.timing.lock().expect("disk timing poisoned");
         let mean = if sync {
             t.params.sync_latency_mean

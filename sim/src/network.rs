@@ -21,7 +21,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -56,28 +55,50 @@ pub struct NetStats {
     pub clogged: u64,
 }
 
-#[derive(Debug)]
-struct InFlight {
-    at: Duration,
-    seq: u64,
-    envelope: Envelope,
+/// A message on the timer queue: the heap holds small keys, the envelopes sit in a slab.
+type Due = Reverse<(Duration, u64, u32)>;
+
+/// Envelopes in flight, by slot; freed slots are reused.
+#[derive(Debug, Default)]
+struct Slab {
+    slots: Vec<Option<Envelope>>,
+    free: Vec<u32>,
 }
 
-impl PartialEq for InFlight {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+impl Slab {
+    fn insert(&mut self, e: Envelope) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(e);
+                i
+            }
+            None => {
+                self.slots.push(Some(e));
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 messages in flight")
+            }
+        }
+    }
+
+    fn take(&mut self, i: u32) -> Envelope {
+        self.free.push(i);
+        self.slots[i as usize].take().expect("a live slot")
     }
 }
-impl Eq for InFlight {}
-impl PartialOrd for InFlight {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+
+/// A cheap 64-bit hash of a payload for the delivery digest (not a quality hash: it only has
+/// to differ when two runs diverge).
+fn payload_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h ^ word).wrapping_mul(K).rotate_left(29);
     }
-}
-impl Ord for InFlight {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+    for b in chunks.remainder() {
+        h = (h ^ u64::from(*b)).wrapping_mul(K).rotate_left(29);
     }
+    h
 }
 
 #[derive(Debug)]
@@ -147,7 +168,8 @@ struct State {
     rng: ChaCha8Rng,
     params: NetParams,
     seq: u64,
-    queue: BinaryHeap<Reverse<InFlight>>,
+    queue: BinaryHeap<Due>,
+    in_flight: Slab,
     endpoints: BTreeMap<NodeId, Endpoint>,
     links: BTreeMap<(NodeId, NodeId), Link>,
     /// The router's waker, and the deadline its timer is armed for.
@@ -202,7 +224,8 @@ impl State {
         }
         self.seq += 1;
         let seq = self.seq;
-        self.queue.push(Reverse(InFlight { at, seq, envelope }));
+        let slot = self.in_flight.insert(envelope);
+        self.queue.push(Reverse((at, seq, slot)));
         self.armed.is_none_or(|armed| at < armed)
     }
 
@@ -214,11 +237,11 @@ impl State {
 
     /// Hands every message due at `now` to its destination.
     fn deliver_due(&mut self, now: Duration) {
-        while self.queue.peek().is_some_and(|m| m.0.at <= now) {
-            let Some(Reverse(m)) = self.queue.pop() else {
+        while self.queue.peek().is_some_and(|m| m.0 .0 <= now) {
+            let Some(Reverse((at, _, slot))) = self.queue.pop() else {
                 break;
             };
-            let e = m.envelope;
+            let e = self.in_flight.take(slot);
             let link = self.link(e.from, e.to);
             if link.cut > 0 {
                 self.stats.dropped_cut += 1;
@@ -237,9 +260,10 @@ impl State {
                 self.stats.dropped_down += 1;
                 continue;
             };
-            let mut h = std::hash::DefaultHasher::new();
-            (m.at, e.from, e.to, &e.payload[..]).hash(&mut h);
-            self.digest = self.digest.rotate_left(5) ^ h.finish();
+            let key =
+                (at.as_nanos() as u64) ^ (u64::from(e.from.0) << 48) ^ (u64::from(e.to.0) << 32);
+            self.digest = (self.digest.rotate_left(5) ^ key ^ payload_hash(&e.payload))
+                .wrapping_mul(0x2545_f491_4f6c_dd1d);
             if inbox.push(e) {
                 self.stats.delivered += 1;
             } else {
@@ -253,6 +277,7 @@ impl State {
 #[derive(Debug)]
 pub struct SimNet {
     state: Mutex<State>,
+    now: time::Now,
 }
 
 impl SimNet {
@@ -264,6 +289,7 @@ impl SimNet {
                 params,
                 seq: 0,
                 queue: BinaryHeap::new(),
+                in_flight: Slab::default(),
                 endpoints: BTreeMap::new(),
                 links: BTreeMap::new(),
                 router: None,
@@ -271,6 +297,7 @@ impl SimNet {
                 stats: NetStats::default(),
                 digest: 0,
             }),
+            now: time::Now::current(),
         })
     }
 
@@ -322,7 +349,7 @@ impl SimNet {
     }
 
     fn send(&self, from: NodeId, incarnation: u32, to: NodeId, payload: Bytes) {
-        let now = time::now();
+        let now = self.now.get();
         let mut s = self.lock();
         let live = s
             .endpoints
@@ -384,7 +411,7 @@ impl SimNet {
     /// Removes one fault clogging `from → to`; when none is left, the held messages leave in
     /// their original order, each with a fresh latency.
     pub fn unclog(&self, from: NodeId, to: NodeId) {
-        let now = time::now();
+        let now = self.now.get();
         let mut s = self.lock();
         let link = s.link(from, to);
         link.clog = link.clog.saturating_sub(1);
@@ -453,11 +480,11 @@ impl Future for Router {
         loop {
             let next = {
                 let mut s = self.net.lock();
-                s.deliver_due(time::now());
+                s.deliver_due(self.net.now.get());
                 if s.router.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
                     s.router = Some(cx.waker().clone());
                 }
-                let next = s.queue.peek().map(|m| m.0.at);
+                let next = s.queue.peek().map(|m| m.0 .0);
                 s.armed = next;
                 next
             };

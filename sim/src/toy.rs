@@ -342,8 +342,10 @@ struct Replica {
     recorder: Recorder,
     followers: Vec<NodeId>,
     majority: usize,
-    /// Leader: followers' durable lengths, and writes waiting for commit (offset → client, req).
+    /// Leader: followers' durable lengths, the next entry to send each, and writes waiting
+    /// for commit (offset → client, req).
     acks: BTreeMap<NodeId, u64>,
+    sent: BTreeMap<NodeId, u64>,
     waiting: BTreeMap<u64, (NodeId, u64)>,
     commit: u64,
     reported: Option<(u64, fjord_replication::Instant)>,
@@ -372,15 +374,18 @@ impl Replica {
             .prefix(self.io.id, PARTITION, last, self.log.hashes[last as usize]);
     }
 
-    fn replicate(&self, to: NodeId) {
+    /// Sends `to` the next durable entries it has not been sent (or an empty append carrying
+    /// the commit point, as a heartbeat).
+    fn replicate(&mut self, to: NodeId) {
         let from = self
-            .acks
+            .sent
             .get(&to)
             .copied()
             .unwrap_or(0)
             .min(self.log.durable);
         let end = self.log.durable.min(from + APPEND_ENTRIES_MAX as u64);
         let entries = self.log.values[from as usize..end as usize].to_vec();
+        self.sent.insert(to, end);
         self.send(
             to,
             &Msg::Append {
@@ -449,8 +454,15 @@ impl Replica {
                                 self.send(from, &Msg::ReadOk { req, records });
                             }
                             Some(Msg::Ack { durable }) => {
-                                self.acks.insert(from, durable);
-                                if durable < self.log.durable {
+                                let before = self.acks.insert(from, durable).unwrap_or(0);
+                                let sent = self.sent.get(&from).copied().unwrap_or(0);
+                                if durable < before || durable > sent {
+                                    // The follower lost entries (it restarted), or this is
+                                    // news from before our own restart: resend from there.
+                                    self.sent.insert(from, durable);
+                                }
+                                if durable > before && durable < self.log.durable {
+                                    // Progress: pipeline the next chunk of a catch-up.
                                     self.replicate(from);
                                 }
                             }
@@ -478,6 +490,12 @@ impl Replica {
                         self.log.file.sync()?;
                     }
                     for f in &followers {
+                        // Retransmit what was not acknowledged since (messages get lost),
+                        // or send a heartbeat carrying the commit point.
+                        let acked = self.acks.get(f).copied().unwrap_or(0);
+                        if acked < self.log.durable {
+                            self.sent.insert(*f, acked);
+                        }
                         self.replicate(*f);
                     }
                     self.advance_commit();
@@ -542,6 +560,7 @@ async fn run_node(io: NodeIo, recorder: Recorder, servers: usize) {
         log,
         recorder,
         acks: BTreeMap::new(),
+        sent: BTreeMap::new(),
         waiting: BTreeMap::new(),
         commit: 0,
         reported: None,

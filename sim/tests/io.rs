@@ -343,3 +343,39 @@ fn a_failed_sync_stops_the_incarnation() {
         f.sync().expect("sync after heal");
     });
 }
+
+/// Engine cost per message: three nodes keep 30 messages in flight between them for 100
+/// simulated seconds. Run with `--ignored --nocapture` (release) to see the figure.
+#[test]
+#[ignore = "measurement, not a check"]
+fn engine_speed() {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(1, madsim::Config::default());
+    let handle = rt.handle().clone();
+    #[allow(clippy::disallowed_methods)] // Measures the engine's real speed.
+    let started = std::time::Instant::now();
+    let sent = rt.block_on(async {
+        let net = network(1, params());
+        let ids = [NodeId(1), NodeId(2), NodeId(3)];
+        for (i, id) in ids.iter().enumerate() {
+            let ep = net.bring_up(*id, 0);
+            let next = ids[(i + 1) % 3];
+            handle.create_node().build().spawn(async move {
+                for _ in 0..10 {
+                    ep.send(next, msg("ping"));
+                }
+                loop {
+                    let e = ep.recv().await;
+                    ep.send(next, e.payload);
+                }
+            });
+        }
+        time::sleep(Duration::from_secs(100)).await;
+        net.stats().sent
+    });
+    let wall = started.elapsed();
+    println!(
+        "{sent} messages in 100 simulated s, {wall:?} wall: {:.0} ns per message, {:.0}x",
+        wall.as_nanos() as f64 / sent as f64,
+        100.0 / wall.as_secs_f64()
+    );
+}

@@ -5,18 +5,25 @@
 //! this check's. A partition with an acknowledged write but no final read is a violation too
 //! (the workload could not prove the write survived).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::history::History;
 
 pub fn check(h: &History) -> Vec<String> {
+    let finals: BTreeMap<_, BTreeSet<_>> = h
+        .final_reads
+        .iter()
+        .map(|(p, records)| (*p, records.iter().map(|r| r.1).collect()))
+        .collect();
     let mut out = Vec::new();
     for (op, partition, value, offset) in h.acked_writes() {
-        match h.final_reads.get(&partition) {
+        match finals.get(&partition) {
             None => out.push(format!(
                 "write {:?} of value {value} to partition {partition} was acked at offset \
                  {offset} but the partition has no final read",
                 op.id
             )),
-            Some(records) if !records.iter().any(|r| r.1 == value) => out.push(format!(
+            Some(values) if !values.contains(&value) => out.push(format!(
                 "lost write: value {value} acked at partition {partition} offset {offset} \
                  ({:?} by {}, acked at {:?}) is absent from the final read",
                 op.id,

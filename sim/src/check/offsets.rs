@@ -9,45 +9,56 @@
 
 use std::collections::BTreeMap;
 
-use crate::history::{History, Offset, Partition, Value};
+use std::fmt;
+
+use crate::history::{History, Offset, OpId, Partition, ReaderId, Value};
+
+/// Where an observation came from (formatted only when reporting a violation).
+#[derive(Clone, Copy)]
+enum Source {
+    Ack(OpId),
+    Read(OpId, ReaderId),
+    Final,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Ack(op) => write!(f, "the ack of {op:?}"),
+            Source::Read(op, reader) => write!(f, "read {op:?} by {reader:?}"),
+            Source::Final => write!(f, "the final read"),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Bindings {
-    at: BTreeMap<(Partition, Offset), (Value, String)>,
-    of: BTreeMap<Value, ((Partition, Offset), String)>,
+    at: BTreeMap<(Partition, Offset), (Value, Source)>,
+    of: BTreeMap<Value, ((Partition, Offset), Source)>,
     out: Vec<String>,
 }
 
 impl Bindings {
-    fn bind(
-        &mut self,
-        partition: Partition,
-        offset: Offset,
-        value: Value,
-        source: impl Fn() -> String,
-    ) {
+    fn bind(&mut self, partition: Partition, offset: Offset, value: Value, source: Source) {
         match self.at.get(&(partition, offset)) {
             Some((other, seen)) if *other != value => self.out.push(format!(
                 "partition {partition} offset {offset} holds value {other} in {seen} but value \
-                 {value} in {}",
-                source()
+                 {value} in {source}"
             )),
             Some(_) => {}
             None => {
-                self.at.insert((partition, offset), (value, source()));
+                self.at.insert((partition, offset), (value, source));
             }
         }
         match self.of.get(&value) {
             Some((pos, seen)) if *pos != (partition, offset) => self.out.push(format!(
                 "value {value} is at partition {} offset {} in {seen} but at partition \
-                 {partition} offset {offset} in {}",
-                pos.0,
-                pos.1,
-                source()
+                 {partition} offset {offset} in {source}",
+                pos.0, pos.1
             )),
             Some(_) => {}
             None => {
-                self.of.insert(value, ((partition, offset), source()));
+                self.of.insert(value, ((partition, offset), source));
             }
         }
     }
@@ -56,20 +67,16 @@ impl Bindings {
 pub fn check(h: &History) -> Vec<String> {
     let mut b = Bindings::default();
     for (op, partition, value, offset) in h.acked_writes() {
-        b.bind(partition, offset, value, || {
-            format!("the ack of {:?}", op.id)
-        });
+        b.bind(partition, offset, value, Source::Ack(op.id));
     }
     for (op, partition, reader, records) in h.ok_reads() {
         for (offset, value) in records {
-            b.bind(partition, *offset, *value, || {
-                format!("read {:?} by {reader:?}", op.id)
-            });
+            b.bind(partition, *offset, *value, Source::Read(op.id, reader));
         }
     }
     for (partition, records) in &h.final_reads {
         for (offset, value) in records {
-            b.bind(*partition, *offset, *value, || "the final read".to_string());
+            b.bind(*partition, *offset, *value, Source::Final);
         }
         for pair in records.windows(2) {
             if pair[1].0 <= pair[0].0 {

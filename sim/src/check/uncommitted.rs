@@ -9,20 +9,27 @@
 //! [`super::lost_write`] instead, so that one fault yields one report. A partition without a
 //! final read gives no evidence either way.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::history::{History, Outcome};
 
 pub fn check(h: &History) -> Vec<String> {
     let writes = h.writes_by_value();
+    let finals: BTreeMap<_, BTreeSet<_>> = h
+        .final_reads
+        .iter()
+        .map(|(p, records)| (*p, records.iter().map(|r| r.1).collect()))
+        .collect();
     let mut out = Vec::new();
     for (op, partition, reader, records) in h.ok_reads() {
-        let Some(final_read) = h.final_reads.get(&partition) else {
+        let Some(final_values) = finals.get(&partition) else {
             continue;
         };
         for (offset, value) in records {
             let what = match writes.get(value) {
                 None => "a value no client wrote",
                 Some((_, write)) if matches!(write.outcome, Outcome::Written { .. }) => continue,
-                Some(_) if final_read.iter().any(|r| r.1 == *value) => continue,
+                Some(_) if final_values.contains(value) => continue,
                 Some(_) => "a value that is absent from the final read and was never acked",
             };
             out.push(format!(

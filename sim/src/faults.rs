@@ -327,6 +327,15 @@ impl Swarm {
     }
 }
 
+impl Swarm {
+    /// The same world with `nodes` servers instead of the seed's choice (`--nodes`).
+    pub fn with_cluster_size(mut self, nodes: usize) -> Swarm {
+        assert!(nodes > 0, "a cluster has at least one node");
+        self.cluster_size = nodes;
+        self
+    }
+}
+
 impl fmt::Display for Swarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -43,6 +43,9 @@ mod cli {
         /// Pin the enabled fault classes: comma-separated names, or `none`.
         #[arg(long)]
         faults: Option<String>,
+        /// Pin the number of server nodes (the seed picks 3 or 5 otherwise).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
+        nodes: Option<u32>,
         /// Switch on a deliberate bug in the system under test (repeatable).
         #[arg(long = "inject-bug", value_name = "NAME")]
         inject_bug: Vec<String>,
@@ -100,6 +103,7 @@ mod cli {
         let run = RunOptions {
             workload,
             faults,
+            nodes: args.nodes.map(|n| n as usize),
             bugs: Bugs::of(args.inject_bug.iter().cloned()),
             print: None,
         };
@@ -141,11 +145,12 @@ mod cli {
     fn print_report(r: &Report) {
         println!("seed {}: {}", r.seed, r.swarm);
         println!(
-            "  {} after {:.3}s simulated in {:.3}s ({:.0}x), {} client ops, trace hash {:016x}",
+            "  {} after {:.3}s simulated in {:.3}s wall, {:.3}s CPU ({:.0}x), {} client ops, trace hash {:016x}",
             if r.failure.is_none() { "ok" } else { "FAILED" },
             r.sim_time.as_secs_f64(),
             r.wall_time.as_secs_f64(),
-            r.sim_time.as_secs_f64() / r.wall_time.as_secs_f64().max(1e-9),
+            r.cpu_time.as_secs_f64(),
+            r.sim_time.as_secs_f64() / r.cpu_time.as_secs_f64().max(1e-9),
             r.ops,
             r.trace_hash
         );
@@ -194,9 +199,11 @@ mod cli {
             }
         );
         println!(
-            "simulated {sim:.1}s in {wall:.1}s wall: {:.0} simulated s per wall s ({:.0}x per worker thread), {} client ops",
+            "simulated {sim:.1}s in {wall:.1}s wall: {:.0} simulated s per wall s; {:.0} per CPU s \
+             ({:.1}s CPU), {} client ops",
             sim / wall.max(1e-9),
-            sim / summary.run_time.as_secs_f64().max(1e-9),
+            sim / summary.cpu_time.as_secs_f64().max(1e-9),
+            summary.cpu_time.as_secs_f64(),
             summary.ops
         );
         println!("faults injected: {}", named(&summary.faults).join(" "));

@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub workload: &'static WorkloadKind,
     /// `--faults`: pins the enabled fault classes.
     pub faults: Option<BTreeSet<FaultClass>>,
+    /// `--nodes`: pins the number of server nodes.
+    pub nodes: Option<usize>,
     pub bugs: Bugs,
     /// Print trace events at this level or above (and let panics print); `None` is quiet.
     pub print: Option<tracing::Level>,
@@ -40,6 +42,9 @@ impl RunOptions {
         let mut cmd = format!("scripts/sim --seed {seed}");
         if self.workload.name != default_workload {
             cmd += &format!(" --workload {}", self.workload.name);
+        }
+        if let Some(n) = self.nodes {
+            cmd += &format!(" --nodes {n}");
         }
         if let Some(f) = &self.faults {
             cmd += &format!(" --faults {}", format_fault_list(f));
@@ -97,6 +102,9 @@ pub struct Report {
     pub sim_time: Duration,
     /// Real time the run took.
     pub wall_time: Duration,
+    /// CPU time the run's thread spent (Linux; the wall time elsewhere). On a loaded machine
+    /// this, not the wall time, measures the simulator's speed.
+    pub cpu_time: Duration,
     pub faults: BTreeMap<FaultClass, u64>,
     /// Hash of the whole trace (see [`crate::trace`]).
     pub trace_hash: u64,
@@ -123,6 +131,14 @@ fn install_panic_hook() {
     });
 }
 
+/// CPU time this thread has run, from `/proc/thread-self/schedstat` (nanoseconds on the
+/// CPU); `None` where that file does not exist.
+fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
 /// What the supervisor hands back, also after a panic.
 #[derive(Default)]
 struct Outcome {
@@ -136,15 +152,23 @@ pub fn run(seed: u64, opts: &RunOptions) -> Report {
     QUIET_PANICS.with(|q| q.set(opts.print.is_none()));
     let hash = TraceHash::default();
     let guard = trace::install(hash.clone(), opts.print);
-    let swarm = Swarm::pick(seed, &opts.workload.fault_set(), opts.faults.as_ref());
+    let mut swarm = Swarm::pick(seed, &opts.workload.fault_set(), opts.faults.as_ref());
+    if let Some(nodes) = opts.nodes {
+        swarm = swarm.with_cluster_size(nodes);
+    }
     let outcome = Arc::new(Mutex::new(Outcome::default()));
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     #[allow(clippy::disallowed_methods)] // Measures the simulator's own speed, outside the world.
     let started = std::time::Instant::now();
+    let cpu_started = thread_cpu_time();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         runtime.block_on(supervise(swarm.clone(), opts.clone(), outcome.clone()))
     }));
     let wall_time = started.elapsed();
+    let cpu_time = match (cpu_started, thread_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => wall_time,
+    };
     let failure = match result {
         Ok(r) => {
             drop(runtime);
@@ -172,6 +196,7 @@ pub fn run(seed: u64, opts: &RunOptions) -> Report {
         failure,
         sim_time: outcome.sim_time.max(hash.last_at()),
         wall_time,
+        cpu_time,
         faults,
         trace_hash: hash.value(),
         ops,
@@ -283,8 +308,8 @@ pub struct Summary {
     /// Failed seeds, by seed.
     pub failures: BTreeMap<u64, Report>,
     pub sim_time: Duration,
-    /// Sum of the runs' real times (CPU time spent in worlds).
-    pub run_time: Duration,
+    /// Sum of the runs' CPU times.
+    pub cpu_time: Duration,
     pub faults: BTreeMap<FaultClass, u64>,
     pub ops: u64,
 }
@@ -293,7 +318,7 @@ impl Summary {
     fn add(&mut self, report: Report) {
         self.seeds += 1;
         self.sim_time += report.sim_time;
-        self.run_time += report.wall_time;
+        self.cpu_time += report.cpu_time;
         self.ops += report.ops as u64;
         for (class, n) in &report.faults {
             *self.faults.entry(*class).or_default() += n;

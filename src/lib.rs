@@ -5,5 +5,6 @@
 //! runs in production ([`runtime`]: Tokio, TCP, files) and inside the deterministic simulator.
 
 pub mod client;
+pub mod controller;
 pub mod kafka;
 pub mod runtime;

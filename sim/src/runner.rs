@@ -139,6 +139,29 @@ fn thread_cpu_time() -> Option<Duration> {
     Some(Duration::from_nanos(nanos))
 }
 
+/// CPU time one world may take before its watchdog fails it: a livelock (tasks always
+/// ready, simulated time crawling) must not hang a sweep.
+pub const CPU_PER_SEED_MAX: Duration = Duration::from_secs(120);
+
+/// Fails the run (by panicking inside the world) once its thread has spent
+/// [`CPU_PER_SEED_MAX`]; checks once per simulated second. Reads `/proc`, which madsim does
+/// not virtualise (it does virtualise the clocks).
+async fn watchdog() {
+    let Some(start) = thread_cpu_time() else {
+        return;
+    };
+    loop {
+        time::sleep(Duration::from_secs(1)).await;
+        let spent = thread_cpu_time().map_or(Duration::ZERO, |t| t.saturating_sub(start));
+        assert!(
+            spent <= CPU_PER_SEED_MAX,
+            "watchdog: the world used {spent:?} of CPU (limit {CPU_PER_SEED_MAX:?}) by simulated \
+             time {:?}: livelock or runaway load",
+            time::now()
+        );
+    }
+}
+
 /// What the supervisor hands back, also after a panic.
 #[derive(Default)]
 struct Outcome {
@@ -209,6 +232,7 @@ async fn supervise(
     outcome: Arc<Mutex<Outcome>>,
 ) -> Result<(), Failure> {
     tracing::info!(seed = swarm.seed, workload = opts.workload.name, bugs = %opts.bugs, "world: {swarm}");
+    drop(madsim::task::spawn(watchdog()));
     let recorder = Recorder::new();
     let servers = (1..=swarm.cluster_size as u32)
         .map(fjord_replication::NodeId)

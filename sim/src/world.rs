@@ -95,6 +95,8 @@ pub struct World {
     world_node: Mutex<Option<NodeHandle>>,
     /// Ids of the clients started so far.
     clients: Mutex<Vec<NodeId>>,
+    /// The world's true wall time when it started.
+    wall_ms: i64,
 }
 
 impl World {
@@ -109,6 +111,7 @@ impl World {
         let servers: Vec<NodeId> = (1..=swarm.cluster_size as u32).map(NodeId).collect();
         let mut disk_rng = stream(seed, Salt::Disk);
         let mut clock_rng = stream(seed, Salt::Clock);
+        let wall_ms = world_wall_ms(&mut clock_rng);
         let devices = servers
             .iter()
             .map(|n| {
@@ -122,7 +125,7 @@ impl World {
             .collect();
         let clocks = servers
             .iter()
-            .map(|n| (*n, new_clock(&mut clock_rng)))
+            .map(|n| (*n, new_clock(&mut clock_rng, wall_ms)))
             .collect();
         let slots = servers
             .iter()
@@ -153,6 +156,7 @@ impl World {
             stopped_rx: Mutex::new(Some(stopped_rx)),
             world_node: Mutex::new(None),
             clients: Mutex::new(Vec::new()),
+            wall_ms,
         })
     }
 
@@ -391,7 +395,10 @@ impl World {
             id,
             index,
             servers: self.servers.clone(),
-            clock: Arc::new(new_clock(&mut clock_rng)),
+            clock: Arc::new(new_clock(
+                &mut clock_rng,
+                self.wall_ms + time::now().as_millis() as i64,
+            )),
             network: self.net.bring_up(id, 0),
             spawner: Arc::new(SimSpawner {
                 node: node.clone(),
@@ -416,9 +423,19 @@ impl World {
     }
 }
 
-/// A clock with a random origin and wall time around late 2023.
-fn new_clock(rng: &mut ChaCha8Rng) -> SimClock {
+/// Largest skew of a node's wall clock from the world's true wall time at start (NTP-level;
+/// the clock-drift fault class makes wall clocks jump much further).
+const WALL_CLOCK_SKEW_MAX_MS: i64 = 500;
+
+/// A clock with a random monotonic origin (up to ~11 days of uptime) and a wall clock within
+/// [`WALL_CLOCK_SKEW_MAX_MS`] of the world's wall time.
+fn new_clock(rng: &mut ChaCha8Rng, world_wall_ms: i64) -> SimClock {
     let origin = Instant::from_nanos(rng.gen_range(0..1_000_000_000_000_000));
-    let wall_ms = 1_700_000_000_000 + rng.gen_range(0..100_000_000_000);
-    SimClock::new(origin, wall_ms)
+    let skew = rng.gen_range(-WALL_CLOCK_SKEW_MAX_MS..=WALL_CLOCK_SKEW_MAX_MS);
+    SimClock::new(origin, world_wall_ms + skew)
+}
+
+/// The world's true wall time at start: a random moment of 2024–2026.
+fn world_wall_ms(rng: &mut ChaCha8Rng) -> i64 {
+    1_704_067_200_000 + rng.gen_range(0..3 * 365 * 86_400_000)
 }

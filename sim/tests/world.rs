@@ -331,3 +331,31 @@ fn every_fault_class_is_injected_and_healed() {
         });
     }
 }
+
+#[test]
+fn node_clocks_start_close_in_wall_time_and_apart_in_monotonic_time() {
+    use fjord_replication::Clock;
+    for seed in 0..8 {
+        sim(seed, async move {
+            let (world, _log) = world(seed, &[]);
+            let walls: Vec<i64> = world
+                .servers
+                .iter()
+                .map(|n| world.clock(*n).wall_clock_ms())
+                .collect();
+            let (lo, hi) = (walls.iter().min().unwrap(), walls.iter().max().unwrap());
+            assert!(hi - lo <= 1000, "wall clocks {walls:?}");
+            assert!(*lo > 1_704_000_000_000, "a plausible date: {lo}");
+            let origins: BTreeSet<_> = world
+                .servers
+                .iter()
+                .map(|n| world.clock(*n).now())
+                .collect();
+            assert_eq!(
+                origins.len(),
+                world.servers.len(),
+                "monotonic origins differ"
+            );
+        });
+    }
+}

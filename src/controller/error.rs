@@ -42,6 +42,9 @@ pub enum ApiError {
     /// 44 POLICY_VIOLATION: a fjord limit (partitions per broker, replicas per topic).
     #[error("POLICY_VIOLATION: {0}")]
     PolicyViolation(String),
+    /// 101 DUPLICATE_BROKER_REGISTRATION: another live process holds the broker id.
+    #[error("DUPLICATE_BROKER_REGISTRATION: {0}")]
+    DuplicateBrokerRegistration(String),
     /// 102 BROKER_ID_NOT_REGISTERED.
     #[error("BROKER_ID_NOT_REGISTERED: {0}")]
     BrokerIdNotRegistered(String),
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::NotController(_) => ResponseError::NotController,
             ApiError::InvalidRequest(_) => ResponseError::InvalidRequest,
             ApiError::PolicyViolation(_) => ResponseError::PolicyViolation,
+            ApiError::DuplicateBrokerRegistration(_) => ResponseError::DuplicateBrokerRegistration,
             ApiError::BrokerIdNotRegistered(_) => ResponseError::BrokerIdNotRegistered,
             ApiError::InconsistentClusterId(_) => ResponseError::InconsistentClusterId,
             ApiError::InvalidRegistration(_) => ResponseError::InvalidRegistration,
@@ -93,6 +97,7 @@ impl ApiError {
             | ApiError::NotController(m)
             | ApiError::InvalidRequest(m)
             | ApiError::PolicyViolation(m)
+            | ApiError::DuplicateBrokerRegistration(m)
             | ApiError::BrokerIdNotRegistered(m)
             | ApiError::InconsistentClusterId(m)
             | ApiError::InvalidRegistration(m) => m,
@@ -155,6 +160,7 @@ mod tests {
             (ApiError::NotController(String::new()), 41),
             (ApiError::InvalidRequest(String::new()), 42),
             (ApiError::PolicyViolation(String::new()), 44),
+            (ApiError::DuplicateBrokerRegistration(String::new()), 101),
             (ApiError::BrokerIdNotRegistered(String::new()), 102),
             (ApiError::InconsistentClusterId(String::new()), 104),
             (ApiError::InvalidRegistration(String::new()), 119),

@@ -145,6 +145,15 @@ fn check_field(what: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+pub(crate) fn check_cluster_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > BROKER_FIELD_SIZE_MAX_BYTES {
+        return Err(ApiError::InvalidRequest(format!(
+            "A cluster id has 1 to {BROKER_FIELD_SIZE_MAX_BYTES} bytes."
+        )));
+    }
+    Ok(())
+}
+
 /// Kafka reserves the all-zero id and `AAAAAAAAAAAAAAAAAAAAAQ` (its metadata topic).
 pub(crate) fn is_reserved_uuid(uuid: &[u8; 16]) -> bool {
     uuid[..15].iter().all(|b| *b == 0) && uuid[15] <= 1
@@ -307,27 +316,32 @@ impl MetadataImage {
         Ok(records.iter().map(|r| self.apply(r, end)).collect())
     }
 
-    fn register_broker(&mut self, info: BrokerInfo) -> ApplyOutcome {
-        let checks = check_field("host", &info.host)
-            .and_then(|()| check_field("RPC address", &info.rpc_addr))
-            .and_then(|()| {
-                info.rack
-                    .as_deref()
-                    .map_or(Ok(()), |r| check_field("rack", r))
-            });
-        if let Err(e) = checks {
-            return ApplyOutcome::Rejected(e);
+    /// What apply and [`MetadataImage::plan_register_broker`] require of a registration:
+    /// usable endpoint fields, and room for a broker id not seen before.
+    pub(crate) fn check_registration(&self, info: &BrokerInfo) -> Result<(), ApiError> {
+        check_field("host", &info.host)?;
+        check_field("RPC address", &info.rpc_addr)?;
+        if let Some(rack) = &info.rack {
+            check_field("rack", rack)?;
         }
         if info.kafka_port == 0 {
-            return ApplyOutcome::Rejected(ApiError::InvalidRegistration(
+            return Err(ApiError::InvalidRegistration(
                 "The Kafka port must not be 0.".into(),
             ));
         }
-        let full = self.brokers.len() >= BROKERS_MAX_COUNT;
-        match self.brokers.get_mut(&info.id) {
-            None if full => ApplyOutcome::Rejected(ApiError::InvalidRegistration(format!(
+        if !self.brokers.contains_key(&info.id) && self.brokers.len() >= BROKERS_MAX_COUNT {
+            return Err(ApiError::InvalidRegistration(format!(
                 "The cluster already has {BROKERS_MAX_COUNT} brokers."
-            ))),
+            )));
+        }
+        Ok(())
+    }
+
+    fn register_broker(&mut self, info: BrokerInfo) -> ApplyOutcome {
+        if let Err(e) = self.check_registration(&info) {
+            return ApplyOutcome::Rejected(e);
+        }
+        match self.brokers.get_mut(&info.id) {
             Some(old) if old.incarnation == info.incarnation => {
                 let updated = BrokerInfo {
                     fenced: old.fenced,
@@ -571,10 +585,8 @@ impl MetadataImage {
     }
 
     fn set_cluster_id(&mut self, id: &str) -> ApplyOutcome {
-        if id.is_empty() || id.len() > BROKER_FIELD_SIZE_MAX_BYTES {
-            return ApplyOutcome::Rejected(ApiError::InvalidRequest(format!(
-                "A cluster id has 1 to {BROKER_FIELD_SIZE_MAX_BYTES} bytes."
-            )));
+        if let Err(e) = check_cluster_id(id) {
+            return ApplyOutcome::Rejected(e);
         }
         match &self.cluster_id {
             Some(current) if current == id => ApplyOutcome::Unchanged,

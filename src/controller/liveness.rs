@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 
 use fjord_replication::NodeId;
 
-use super::{MetadataImage, MetadataRecord, BROKERS_MAX_COUNT};
+use super::{ApiError, MetadataImage, MetadataRecord, BROKERS_MAX_COUNT};
 
 /// Kafka's `broker.session.timeout.ms`.
 pub const BROKER_SESSION_TIMEOUT_DEFAULT_MS: u64 = 9_000;
+/// Most (broker, incarnation) heartbeat entries kept between ticks: room for every broker
+/// and a restarted process of each.
+const HEARTBEAT_ENTRIES_MAX_COUNT: usize = 2 * BROKERS_MAX_COUNT;
 
 /// When the controller last heard from one broker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +28,8 @@ struct Contact {
 #[derive(Debug, Clone)]
 pub struct Liveness {
     session_timeout_ms: u64,
-    /// Last heartbeat per broker (latest incarnation heard).
-    heartbeats: BTreeMap<NodeId, Contact>,
+    /// Last heartbeat per broker process: `(id, incarnation)` → time.
+    heartbeats: BTreeMap<(NodeId, u64), u64>,
     /// When `tick` first saw each registration: the start of its grace session.
     watched: BTreeMap<NodeId, Contact>,
     /// Fence (`true`) / unfence proposals not yet visible in the image, not repeated until
@@ -45,19 +48,52 @@ impl Liveness {
     }
 
     /// A heartbeat from `id` running as `incarnation`. The local broker heartbeats too (the
-    /// controller's own process is a broker). Heartbeats of more than [`BROKERS_MAX_COUNT`]
-    /// distinct unknown ids between ticks are dropped.
+    /// controller's own process is a broker). Beyond [`BROKERS_MAX_COUNT`] × 2 distinct
+    /// processes between ticks, heartbeats of new ones are dropped.
     pub fn heartbeat(&mut self, id: NodeId, incarnation: u64, now_ms: u64) {
-        if self.heartbeats.len() >= BROKERS_MAX_COUNT && !self.heartbeats.contains_key(&id) {
+        let key = (id, incarnation);
+        if self.heartbeats.len() >= HEARTBEAT_ENTRIES_MAX_COUNT
+            && !self.heartbeats.contains_key(&key)
+        {
             return;
         }
-        self.heartbeats.insert(
-            id,
-            Contact {
-                incarnation,
-                at_ms: now_ms,
-            },
-        );
+        self.heartbeats.insert(key, now_ms);
+    }
+
+    /// When `id`'s process `incarnation` last heartbeat.
+    fn heard(&self, id: NodeId, incarnation: u64) -> Option<u64> {
+        self.heartbeats.get(&(id, incarnation)).copied()
+    }
+
+    fn fresh(&self, at_ms: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(at_ms) <= self.session_timeout_ms
+    }
+
+    /// KRaft's guard against two processes configured with the same broker id: registering
+    /// `id` under another incarnation is DUPLICATE_BROKER_REGISTRATION while the registered
+    /// incarnation is unfenced and heartbeat within the session timeout. A restarted broker
+    /// retries until its previous session expires (or it was fenced).
+    pub fn check_registration(
+        &self,
+        image: &MetadataImage,
+        id: NodeId,
+        incarnation: u64,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        let Some(registered) = image.broker(id) else {
+            return Ok(());
+        };
+        let alive = !registered.fenced
+            && self
+                .heard(id, registered.incarnation)
+                .is_some_and(|at| self.fresh(at, now_ms));
+        if registered.incarnation != incarnation && alive {
+            return Err(ApiError::DuplicateBrokerRegistration(format!(
+                "Another broker process is registered as broker {} and heartbeating.",
+                id.0
+            )));
+        }
+        Ok(())
     }
 
     /// The fence / unfence records to propose now, by broker id. A broker is fenced when
@@ -66,10 +102,16 @@ impl Liveness {
     /// registered incarnation heartbeat within the session timeout.
     pub fn tick(&mut self, image: &MetadataImage, now_ms: u64) -> Vec<MetadataRecord> {
         let brokers = image.brokers();
-        self.heartbeats.retain(|id, _| brokers.contains_key(id));
+        let timeout = self.session_timeout_ms;
+        // Keep heartbeats of registered incarnations, and recent ones of other processes of
+        // registered ids (a restart whose registration is not applied yet).
+        self.heartbeats.retain(|(id, incarnation), at| {
+            brokers.get(id).is_some_and(|b| {
+                b.incarnation == *incarnation || now_ms.saturating_sub(*at) <= timeout
+            })
+        });
         self.watched.retain(|id, _| brokers.contains_key(id));
         self.proposed.retain(|id, _| brokers.contains_key(id));
-        let timeout = self.session_timeout_ms;
         let mut out = Vec::new();
         for (id, broker) in brokers {
             let registered = broker.incarnation;
@@ -87,15 +129,12 @@ impl Liveness {
                 .or_insert(Contact {
                     incarnation: registered,
                     at_ms: now_ms,
-                });
-            let heard = self
-                .heartbeats
-                .get(id)
-                .filter(|c| c.incarnation == registered)
-                .map(|c| c.at_ms);
+                })
+                .at_ms;
+            let heard = self.heard(*id, registered);
             let fresh = |at: u64| now_ms.saturating_sub(at) <= timeout;
             let fence = match broker.fenced {
-                false if !fresh(heard.unwrap_or(0).max(watched.at_ms)) => true,
+                false if !fresh(heard.unwrap_or(0).max(watched)) => true,
                 true if heard.is_some_and(fresh) => false,
                 _ => {
                     self.proposed.remove(id);
@@ -249,13 +288,56 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_forgotten_and_bounded() {
-        let image = MetadataImage::new();
+        let mut image = MetadataImage::new();
+        register(&mut image, 0, 1);
         let mut live = Liveness::new(TIMEOUT);
-        for id in 0..(BROKERS_MAX_COUNT as u32 + 10) {
+        for id in 0..(HEARTBEAT_ENTRIES_MAX_COUNT as u32 + 10) {
             live.heartbeat(NodeId(id), 1, 0);
         }
-        assert_eq!(live.heartbeats.len(), BROKERS_MAX_COUNT);
-        assert!(live.tick(&image, 0).is_empty());
-        assert!(live.heartbeats.is_empty());
+        assert_eq!(live.heartbeats.len(), HEARTBEAT_ENTRIES_MAX_COUNT);
+        live.heartbeat(NodeId(0), 2, 0);
+        assert_eq!(
+            live.heartbeats.len(),
+            HEARTBEAT_ENTRIES_MAX_COUNT,
+            "full: dropped"
+        );
+        assert_eq!(
+            live.tick(&image, 0),
+            vec![MetadataRecord::UnfenceBroker { id: NodeId(0) }]
+        );
+        let kept = |live: &Liveness| live.heartbeats.keys().copied().collect::<Vec<_>>();
+        assert_eq!(kept(&live), [(NodeId(0), 1)]);
+        live.heartbeat(NodeId(0), 2, 0);
+        assert!(
+            live.tick(&image, 0).is_empty(),
+            "the unfencing is in flight"
+        );
+        assert_eq!(kept(&live), [(NodeId(0), 1), (NodeId(0), 2)]);
+        // The other process of broker 0 is forgotten once its heartbeat is stale.
+        assert!(live.tick(&image, TIMEOUT + 1).is_empty());
+        assert_eq!(kept(&live), [(NodeId(0), 1)]);
+    }
+
+    #[test]
+    fn a_second_process_with_a_live_id_cannot_register() {
+        let mut image = MetadataImage::new();
+        let mut live = Liveness::new(TIMEOUT);
+        assert_eq!(live.check_registration(&image, NodeId(1), 1, 0), Ok(()));
+        register(&mut image, 1, 1);
+        // Registered but fenced (never heartbeat): a new process may take over.
+        assert_eq!(live.check_registration(&image, NodeId(1), 2, 0), Ok(()));
+        live.heartbeat(NodeId(1), 1, 0);
+        let records = live.tick(&image, 0);
+        apply_all(&mut image, &records);
+        // A second process heartbeating under its own incarnation does not help it.
+        live.heartbeat(NodeId(1), 2, 100);
+        let duplicate = live.check_registration(&image, NodeId(1), 2, 100);
+        assert_eq!(duplicate.map_err(|e| e.code()), Err(101));
+        assert_eq!(live.check_registration(&image, NodeId(1), 1, 100), Ok(()));
+        // Once the registered process's session has expired, the new one may register.
+        assert_eq!(
+            live.check_registration(&image, NodeId(1), 2, TIMEOUT + 1),
+            Ok(())
+        );
     }
 }

@@ -16,7 +16,7 @@ use fjord_replication::NodeId;
 
 use super::config::{resolve_incremental, resolve_replace, validate_config_set};
 use super::image::{
-    is_reserved_uuid, BrokerInfo, MetadataImage, PRODUCER_ID_BLOCK_MAX_COUNT,
+    check_cluster_id, is_reserved_uuid, BrokerInfo, MetadataImage, PRODUCER_ID_BLOCK_MAX_COUNT,
     TOPIC_PARTITIONS_MAX_COUNT, TOPIC_REPLICAS_MAX_COUNT,
 };
 use super::internal::CONSUMER_OFFSETS_TOPIC;
@@ -575,6 +575,52 @@ impl MetadataImage {
             resource: resource.clone(),
             set,
         })
+    }
+
+    /// A broker's registration request as a record (a new `incarnation` replaces the
+    /// registered one; the same again only updates endpoints). Records should always come
+    /// from a planner: [`MetadataRecord::encode`] refuses oversized ones by panicking.
+    /// Whether another live process holds the id is [`super::Liveness::check_registration`].
+    pub fn plan_register_broker(
+        &self,
+        id: NodeId,
+        incarnation: u64,
+        host: &str,
+        kafka_port: u16,
+        rack: Option<&str>,
+        rpc_addr: &str,
+    ) -> Result<MetadataRecord, ApiError> {
+        let info = BrokerInfo {
+            id,
+            incarnation,
+            host: host.to_owned(),
+            kafka_port,
+            rack: rack.map(str::to_owned),
+            rpc_addr: rpc_addr.to_owned(),
+            fenced: true,
+        };
+        self.check_registration(&info)?;
+        Ok(MetadataRecord::RegisterBroker {
+            id,
+            incarnation,
+            host: info.host,
+            kafka_port,
+            rack: info.rack,
+            rpc_addr: info.rpc_addr,
+        })
+    }
+
+    /// The bootstrap record: `SetClusterId` while the image has no cluster id, nothing once
+    /// it has `id`, INCONSISTENT_CLUSTER_ID if it has another (this node belongs elsewhere).
+    pub fn plan_cluster_id(&self, id: &str) -> Result<Option<MetadataRecord>, ApiError> {
+        check_cluster_id(id)?;
+        match self.cluster_id() {
+            None => Ok(Some(MetadataRecord::SetClusterId { id: id.to_owned() })),
+            Some(current) if current == id => Ok(None),
+            Some(current) => Err(ApiError::InconsistentClusterId(format!(
+                "The cluster id is {current}, not {id}."
+            ))),
+        }
     }
 
     /// A block of `count` producer ids for `broker` (which InitProducerId then hands out).

@@ -563,3 +563,27 @@ fn every_plan_applies_cleanly() {
         ApplyOutcome::TopicDeleted { .. }
     ));
 }
+
+#[test]
+fn registration_and_cluster_id_plans() {
+    let mut image = MetadataImage::new();
+    let record = image
+        .plan_register_broker(NodeId(1), 3, "h", 9092, Some("r"), "h:1")
+        .expect("valid");
+    assert_eq!(image.apply(&record, 1), ApplyOutcome::Applied);
+    assert_eq!(image.broker(NodeId(1)).map(|b| b.incarnation), Some(3));
+    let huge = "h".repeat(10 << 20);
+    assert_eq!(
+        code(image.plan_register_broker(NodeId(2), 1, &huge, 9092, None, "h:1")),
+        119
+    );
+    assert_eq!(
+        code(image.plan_register_broker(NodeId(2), 1, "h", 0, None, "h:1")),
+        119
+    );
+    let set = image.plan_cluster_id("c1").expect("valid").expect("unset");
+    assert_eq!(image.apply(&set, 2), ApplyOutcome::Applied);
+    assert_eq!(image.plan_cluster_id("c1"), Ok(None));
+    assert_eq!(code(image.plan_cluster_id("c2")), 104);
+    assert_eq!(code(image.plan_cluster_id("")), 42);
+}

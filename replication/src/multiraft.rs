@@ -181,12 +181,17 @@ impl MultiRaft {
         let (hard_state, hs) = HardStateFile::open(self.disk.as_ref(), dir).map_err(storage_err)?;
         let (log, report) = LogStorage::open(Arc::clone(&self.disk), dir.to_path_buf(), config)
             .map_err(storage_err)?;
+        let corrupt = report.corruption.is_some();
         if let Some(at) = report.corruption {
             tracing::warn!(node = %self.cfg.node, group = %id, at, "log corruption found by recovery");
         }
         self.recoveries.insert(id, report);
-        let raft = Raft::new(self.group_config(id), log, hs)
+        let mut raft = Raft::new(self.group_config(id), log, hs)
             .map_err(|source| DriverError::Raft { group: id, source })?;
+        if corrupt {
+            // Entries this member may have acknowledged are gone: no votes until refilled.
+            raft.start_repair();
+        }
         let commit_end = raft.commit_end();
         self.groups.insert(
             id,
@@ -439,6 +444,7 @@ mod tests {
                 prev_end: 0,
                 prev_term: 0,
                 commit_end: 0,
+                leader_end: 0,
                 batches: Bytes::from(vec![7u8; n]),
             })
         };

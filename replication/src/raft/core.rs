@@ -162,6 +162,7 @@ pub struct Raft<L: RaftLog> {
     vote: Option<NodeId>,
     memberships: Vec<MembershipEntry>,
     scanned_end: u64,
+    repairing: bool,
     hard_state_dirty: bool,
 
     // Volatile.
@@ -209,6 +210,7 @@ impl<L: RaftLog> Raft<L> {
             vote: hard_state.vote,
             memberships: hard_state.memberships,
             scanned_end: hard_state.scanned_end,
+            repairing: hard_state.repairing,
             hard_state_dirty: false,
             role: Role::Follower,
             leader: None,
@@ -360,6 +362,7 @@ impl<L: RaftLog> Raft<L> {
             },
             memberships: self.memberships.clone(),
             scanned_end: self.scanned_end,
+            repairing: self.repairing,
         }
     }
 
@@ -429,7 +432,7 @@ impl<L: RaftLog> Raft<L> {
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
-                if self.is_voter() && self.election_elapsed >= self.election_timeout {
+                if self.can_elect() && self.election_elapsed >= self.election_timeout {
                     self.campaign(self.cfg.pre_vote, false)?;
                 }
                 Ok(())
@@ -583,7 +586,7 @@ impl<L: RaftLog> Raft<L> {
             Message::HeartbeatResponse(resp) => self.handle_heartbeat_response(from, resp),
             Message::InstallSnapshot(req) => self.handle_snapshot(from, req),
             Message::TimeoutNow { term } => {
-                if term == self.term && self.role != Role::Leader && self.is_voter() {
+                if term == self.term && self.role != Role::Leader && self.can_elect() {
                     tracing::debug!(id = %self.cfg.id, term, "timeout-now: campaigning");
                     self.campaign(false, true)?;
                 }
@@ -596,6 +599,25 @@ impl<L: RaftLog> Raft<L> {
 
     fn is_voter(&self) -> bool {
         self.membership().voters.contains(&self.cfg.id)
+    }
+
+    /// Whether this member may campaign and grant votes (not while repairing lost entries).
+    fn can_elect(&self) -> bool {
+        self.is_voter() && !self.repairing
+    }
+
+    /// Marks the member as having lost entries (corruption cut its log): see
+    /// [`HardState::repairing`].
+    pub fn start_repair(&mut self) {
+        if !self.repairing {
+            tracing::warn!(id = %self.cfg.id, "log lost entries: repairing before voting again");
+            self.repairing = true;
+            self.hard_state_dirty = true;
+        }
+    }
+
+    pub fn is_repairing(&self) -> bool {
+        self.repairing
     }
 
     /// Heard from a live leader within the minimum election timeout (or is the leader).
@@ -698,6 +720,7 @@ impl<L: RaftLog> Raft<L> {
 
     fn handle_pre_vote(&mut self, from: NodeId, req: VoteRequest) -> Result<(), RaftError> {
         let granted = req.term > self.term
+            && !self.repairing
             && (!self.in_lease() || req.transfer)
             && self.role != Role::Leader
             && self.log_is_up_to_date(req.last_term, req.log_end);
@@ -712,6 +735,7 @@ impl<L: RaftLog> Raft<L> {
     fn handle_vote(&mut self, from: NodeId, req: VoteRequest) -> Result<(), RaftError> {
         // Terms were aligned in `step`: req.term <= self.term here.
         let granted = req.term == self.term
+            && !self.repairing
             && (self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()))
             && self.log_is_up_to_date(req.last_term, req.log_end);
         if granted {
@@ -938,6 +962,7 @@ impl<L: RaftLog> Raft<L> {
                 prev_end,
                 prev_term,
                 commit_end: self.commit_end,
+                leader_end: end,
                 batches,
             }),
         ));
@@ -1002,9 +1027,11 @@ impl<L: RaftLog> Raft<L> {
                     Some((_, e)) => next = next.min(e),
                     None => next = next.min(self.log.start_offset()),
                 }
-                let next = next.max(p.match_end);
                 tracing::trace!(id = %self.cfg.id, peer = %from, next, "append rejected: probing");
                 let p = self.progress.get_mut(&from).expect("present");
+                // A fresh rejection below what the follower acknowledged means its disk lost
+                // entries (it is repairing): believe it.
+                p.match_end = p.match_end.min(next);
                 p.become_probe(next);
                 self.maybe_send_append(from, true)?;
             }
@@ -1026,6 +1053,11 @@ impl<L: RaftLog> Raft<L> {
             return Ok(());
         };
         p.recent_active = true;
+        if resp.log_end < p.match_end {
+            // The follower's disk lost entries: start over from what it has.
+            p.match_end = resp.log_end;
+            p.become_probe(resp.log_end);
+        }
         if p.match_end < end {
             match p.state {
                 ProgressState::Probe => p.probe_sent = false,
@@ -1227,6 +1259,14 @@ impl<L: RaftLog> Raft<L> {
         if commit > self.commit_end {
             self.set_commit(commit);
         }
+        if self.repairing && last_end >= req.commit_end.max(req.leader_end) {
+            // We hold everything this leader had: whatever we lost and had acknowledged is
+            // back (a leader counting our acknowledgement had it), the rest was never
+            // committed.
+            tracing::info!(id = %self.cfg.id, end = last_end, "repair complete");
+            self.repairing = false;
+            self.hard_state_dirty = true;
+        }
         self.queue_ack(from, last_end);
         Ok(())
     }
@@ -1331,7 +1371,10 @@ impl<L: RaftLog> Raft<L> {
         if hb.term < self.term {
             self.messages.push((
                 from,
-                Message::HeartbeatResponse(HeartbeatResponse { term: self.term }),
+                Message::HeartbeatResponse(HeartbeatResponse {
+                    term: self.term,
+                    log_end: self.log.end_offset(),
+                }),
             ));
             return;
         }
@@ -1343,7 +1386,10 @@ impl<L: RaftLog> Raft<L> {
         }
         self.messages.push((
             from,
-            Message::HeartbeatResponse(HeartbeatResponse { term: self.term }),
+            Message::HeartbeatResponse(HeartbeatResponse {
+                term: self.term,
+                log_end: self.log.end_offset(),
+            }),
         ));
     }
 

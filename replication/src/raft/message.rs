@@ -91,6 +91,9 @@ pub struct AppendRequest {
     pub prev_term: Term,
     /// The leader's commit end offset (high watermark).
     pub commit_end: u64,
+    /// The leader's log end when it sent this. A repairing follower (one that lost entries
+    /// it may have acknowledged) waits until it holds everything up to here.
+    pub leader_end: u64,
     /// Zero or more whole RecordBatches with offsets and epochs set, contiguous from
     /// `prev_end` (gaps only where compaction removed whole batches).
     pub batches: Bytes,
@@ -121,6 +124,9 @@ pub struct Heartbeat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub term: Term,
+    /// The follower's log end: below what the leader believes it matches only if its disk
+    /// lost entries (or the response is stale); the leader then probes it again.
+    pub log_end: u64,
 }
 
 /// Sent when a follower needs entries the leader no longer has (retention or a metadata

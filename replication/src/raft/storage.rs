@@ -81,6 +81,11 @@ pub struct HardState {
     pub vote: Option<NodeId>,
     pub memberships: Vec<MembershipEntry>,
     pub scanned_end: u64,
+    /// Set when this member lost log entries it may have acknowledged (corruption found on
+    /// its disk): it neither votes nor campaigns until a leader has refilled its log up to
+    /// that leader's commit (protocol-aware recovery), so the lost entries cannot be
+    /// outvoted while it is missing them.
+    pub repairing: bool,
 }
 
 impl HardState {
@@ -95,6 +100,7 @@ impl HardState {
                 membership,
             }],
             scanned_end: 0,
+            repairing: false,
         }
     }
 }

@@ -210,6 +210,15 @@ impl RaftLog for MemLog {
 }
 
 impl MemLog {
+    /// Disk corruption cut the log: everything from the entry holding `offset` on is gone,
+    /// durable or not.
+    pub fn lose_from(&mut self, offset: u64) {
+        for state in [&mut self.live, &mut self.durable] {
+            let i = state.entries.partition_point(|e| e.end <= offset);
+            state.entries.truncate(i);
+        }
+    }
+
     /// Deletes entries below `offset` (retention), keeping the term just below the new start.
     pub fn delete_prefix(&mut self, offset: u64) {
         let i = self.live.entries.partition_point(|e| e.end <= offset);

@@ -93,7 +93,8 @@ struct Queue {
 
 /// The sending side: whoever holds it assigns the next correlation id and writes.
 struct Sender {
-    writer: Box<dyn FrameWriter>,
+    /// `None` once [`KafkaConnection::close`] dropped it (which closes the transport).
+    writer: Option<Box<dyn FrameWriter>>,
     next_correlation_id: i32,
 }
 
@@ -127,7 +128,7 @@ impl KafkaConnection {
         );
         let mut connection = KafkaConnection {
             sender: futures::lock::Mutex::new(Sender {
-                writer,
+                writer: Some(writer),
                 next_correlation_id: 0,
             }),
             queue,
@@ -231,10 +232,24 @@ impl KafkaConnection {
     where
         R: Request + Into<RequestKind>,
     {
+        self.call_with_timeout(request, self.options.request_timeout)
+            .await
+    }
+
+    /// [`KafkaConnection::call`] with its own timeout, for requests the broker may hold
+    /// longer than usual (JoinGroup waits for the whole group to join).
+    pub async fn call_with_timeout<R>(
+        &self,
+        request: R,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError>
+    where
+        R: Request + Into<RequestKind>,
+    {
         let api_key = api_key_of::<R>()?;
         let version = self.version_for(api_key)?;
         let frame = self
-            .round_trip(api_key, version, request.into(), true)
+            .round_trip_with_timeout(api_key, version, request.into(), true, timeout)
             .await?
             .ok_or(ClientError::Closed)?;
         let (_, response) = codec::decode_typed_response(api_key, version, frame)?;
@@ -266,14 +281,54 @@ impl KafkaConnection {
             .map(|_| ())
     }
 
-    /// Writes one request; if `expect_response`, waits for the response frame. Cancelling
-    /// during the write may leave a partial frame on the wire, which ends the connection.
+    /// Whether the connection is known to be unusable (the broker hung up, or [`close`]
+    /// was called). A connection that is not closed may still fail on the next call.
+    ///
+    /// [`close`]: KafkaConnection::close
+    pub fn is_closed(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed
+    }
+
+    /// Closes the connection: calls waiting for responses fail with `Closed`, later calls
+    /// are refused, and the transport's sending side is dropped so that the broker closes
+    /// its end too. Used after a timeout, when the response stream can no longer be
+    /// trusted to arrive (the Java client does the same).
+    pub async fn close(&self) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            q.closed = true;
+            for waiting in q.waiting.drain(..) {
+                let _ = waiting.reply.send(Err(ClientError::Closed));
+            }
+        }
+        self.sender.lock().await.writer = None;
+    }
+
     async fn round_trip(
         &self,
         api_key: ApiKey,
         version: i16,
         body: RequestKind,
         expect_response: bool,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let timeout = self.options.request_timeout;
+        self.round_trip_with_timeout(api_key, version, body, expect_response, timeout)
+            .await
+    }
+
+    /// Writes one request; if `expect_response`, waits up to `timeout` for the response
+    /// frame. Cancelling during the write may leave a partial frame on the wire, which ends
+    /// the connection.
+    async fn round_trip_with_timeout(
+        &self,
+        api_key: ApiKey,
+        version: i16,
+        body: RequestKind,
+        expect_response: bool,
+        timeout: Duration,
     ) -> Result<Option<Bytes>, ClientError> {
         let reply = {
             let mut sender = self.sender.lock().await;
@@ -299,13 +354,15 @@ impl KafkaConnection {
                 })
             };
             sender.next_correlation_id = correlation_id.wrapping_add(1);
-            sender.writer.send_frame(frame).await?;
+            let Some(writer) = sender.writer.as_mut() else {
+                return Err(ClientError::Closed);
+            };
+            writer.send_frame(frame).await?;
             reply
         };
         let Some(reply) = reply else {
             return Ok(None);
         };
-        let timeout = self.options.request_timeout;
         match select(reply, self.clock.sleep(timeout)).await {
             Either::Left((Ok(result), _)) => result.map(Some),
             Either::Left((Err(oneshot::Canceled), _)) => Err(ClientError::Closed),
@@ -660,6 +717,8 @@ mod tests {
             });
             sender
                 .writer
+                .as_mut()
+                .expect("open")
                 .send_frame(Bytes::from_static(&[0x40, 0, 0, 0, 0, 0, 0, 1]))
                 .await
                 .expect("sent");

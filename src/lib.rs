@@ -4,6 +4,7 @@
 //! [`fjord_replication::Clock`] and [`fjord_replication::Network`] traits so that the same code
 //! runs in production ([`runtime`]: Tokio, TCP, files) and inside the deterministic simulator.
 
+pub mod broker;
 pub mod client;
 pub mod controller;
 pub mod kafka;

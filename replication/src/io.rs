@@ -72,6 +72,12 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 }
 
+/// Awaited by a driver after a round of disk IO (its fsyncs) and before it sends anything
+/// that depends on that IO: the simulator models device latency here, so that time passes
+/// (and a crash can strike) between a write and the acknowledgement it allows. Production
+/// drivers have none: their syncs block until the device is done.
+pub type IoWait = std::sync::Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// Starts tasks on a node's executor.
 ///
 /// Drivers never call an executor directly: production hands them a Tokio spawner

@@ -10,4 +10,4 @@ pub mod node;
 pub mod raft;
 pub mod storage;
 
-pub use io::{BoxFuture, Clock, Envelope, Instant, Network, NodeId, Spawner};
+pub use io::{BoxFuture, Clock, Envelope, Instant, IoWait, Network, NodeId, Spawner};

@@ -16,7 +16,7 @@ use fjord_log::LogConfig;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 
-use crate::io::{Clock, Network, FRAME_SIZE_MAX_BYTES};
+use crate::io::{Clock, IoWait, Network, FRAME_SIZE_MAX_BYTES};
 use crate::multiraft::{decode_messages, encode_messages, DriverError, GroupId, MultiRaft};
 use crate::raft::{Membership, ProposeError, RaftLog, Role, Status, Term};
 use crate::NodeId;
@@ -200,13 +200,16 @@ struct Waiter {
 }
 
 /// Settings of the loop.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeLoopConfig {
     /// Interval between Raft ticks (the cores count timeouts in ticks).
     pub tick: Duration,
     /// Injected bug (simulator only): acks=all proposals are answered once appended on the
     /// leader, before a quorum has them.
     pub ack_before_quorum: bool,
+    /// Awaited after each round's disk IO, before its messages and answers go out (the
+    /// simulator's device latency; `None` in production).
+    pub io_wait: Option<IoWait>,
 }
 
 impl Default for NodeLoopConfig {
@@ -214,6 +217,7 @@ impl Default for NodeLoopConfig {
         NodeLoopConfig {
             tick: Duration::from_millis(10),
             ack_before_quorum: false,
+            io_wait: None,
         }
     }
 }
@@ -265,6 +269,9 @@ pub async fn run_node(
         }
         if let Err(e) = multi.process() {
             break Err(e);
+        }
+        if let Some(wait) = &cfg.io_wait {
+            wait().await;
         }
         for (to, msgs) in multi.take_outbox() {
             for frame in encode_messages(&msgs, FRAME_TARGET_BYTES) {

@@ -63,5 +63,5 @@ pub use internal::{
     group_coordinator_partition, java_string_hash, plan_internal_topics, CONSUMER_OFFSETS_TOPIC,
 };
 pub use liveness::{Liveness, BROKER_SESSION_TIMEOUT_DEFAULT_MS};
-pub use plan::{BROKER_REPLICAS_MAX_COUNT, TOPIC_NAME_MAX_CHARS};
+pub use plan::{validate_topic_name, BROKER_REPLICAS_MAX_COUNT, TOPIC_NAME_MAX_CHARS};
 pub use records::{metadata_batch, ConfigResource, MetadataRecord, METADATA_RECORD_SIZE_MAX_BYTES};

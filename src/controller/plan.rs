@@ -30,7 +30,7 @@ pub const TOPIC_NAME_MAX_CHARS: usize = 249;
 pub const BROKER_REPLICAS_MAX_COUNT: usize = 10_000;
 
 /// Kafka's `Topic.validate`.
-pub(crate) fn validate_topic_name(name: &str) -> Result<(), ApiError> {
+pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
     let why = if name.is_empty() {
         "Topic name is illegal, it can't be empty".to_owned()
     } else if name == "." || name == ".." {

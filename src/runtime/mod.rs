@@ -4,6 +4,8 @@
 mod clock;
 mod kafka;
 mod network;
+
+pub mod server;
 mod spawner;
 
 pub use clock::TokioClock;

@@ -1,0 +1,185 @@
+//! The broker: one fjord node serving Kafka clients.
+//!
+//! A node is one actor ([`node::Node`]) that owns every piece of state — the Raft groups
+//! ([`MultiRaft`]: the metadata group and the partitions hosted here), the metadata image,
+//! the partition leadership table, idempotent producer state, group coordinators — and runs
+//! one loop over the [`Clock`], the [`Network`] and a command channel. Kafka connections are
+//! separate tasks: they decode requests, send them to the actor and write back its answers
+//! ([`BrokerHandle`] implements [`RequestHandler`]). Everything the actor does is
+//! deterministic given its inputs, and it touches the world only through the IO traits, so
+//! the same broker runs over Tokio/TCP/files in production and inside the simulator.
+
+mod node;
+pub mod producer_state;
+pub mod rpc;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_log::Disk;
+use fjord_replication::raft::RaftConfig;
+use fjord_replication::{BoxFuture, Clock, IoWait, Network, NodeId, Spawner};
+use futures::channel::{mpsc, oneshot};
+use futures::FutureExt;
+use kafka_protocol::messages::ResponseKind;
+
+use crate::controller::ClusterDefaults;
+use crate::kafka::codec::DecodedRequest;
+use crate::kafka::server::{RequestContext, RequestHandler};
+
+pub use node::BrokerStatus;
+
+/// What a broker needs from the world.
+#[derive(Clone)]
+pub struct BrokerIo {
+    pub clock: Arc<dyn Clock>,
+    pub network: Arc<dyn Network>,
+    pub disk: Arc<dyn Disk>,
+    pub spawner: Arc<dyn Spawner>,
+    /// Awaited after each round's disk IO (the simulator's device latency; `None` in
+    /// production).
+    pub io_wait: Option<IoWait>,
+}
+
+/// Deliberate bugs for the simulator (all off in production).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrokerBugs {
+    pub raft: fjord_replication::raft::RaftBugs,
+    /// acks=all is answered once the leader appended the batch, before a quorum has it.
+    pub ack_before_quorum: bool,
+}
+
+/// One broker's settings.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub node_id: NodeId,
+    /// Advertised Kafka listener.
+    pub host: String,
+    pub kafka_port: u16,
+    pub rack: Option<String>,
+    /// Advertised node-to-node address (informational: the network resolves peers).
+    pub rpc_addr: String,
+    /// The metadata (controller) quorum. Every voter creates the metadata group at its
+    /// first start; other brokers join it as learners.
+    pub controller_voters: BTreeSet<NodeId>,
+    /// Directory on the broker's disk holding its data.
+    pub data_dir: PathBuf,
+    pub defaults: ClusterDefaults,
+    /// Interval between Raft ticks.
+    pub tick: Duration,
+    /// Template of every Raft group's timing (ticks).
+    pub raft: RaftConfig,
+    /// Seed of this incarnation: election jitter, member ids, incarnation number.
+    pub seed: u64,
+    /// Cluster id written at bootstrap (a seeded random one if `None`).
+    pub cluster_id: Option<String>,
+    /// Whether Metadata requests may create missing topics (`auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    pub bugs: BrokerBugs,
+}
+
+impl BrokerConfig {
+    /// Defaults for a node of a cluster whose controllers are `voters`.
+    pub fn new(node_id: NodeId, voters: BTreeSet<NodeId>, seed: u64) -> Self {
+        BrokerConfig {
+            node_id,
+            host: "127.0.0.1".into(),
+            kafka_port: 9092,
+            rack: None,
+            rpc_addr: String::new(),
+            controller_voters: voters,
+            data_dir: PathBuf::new(),
+            defaults: ClusterDefaults::default(),
+            tick: Duration::from_millis(10),
+            raft: RaftConfig::new(node_id, seed),
+            seed,
+            cluster_id: None,
+            auto_create_topics: true,
+            bugs: BrokerBugs::default(),
+        }
+    }
+}
+
+/// Why a broker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Driver(#[from] fjord_replication::multiraft::DriverError),
+    #[error("metadata: {0}")]
+    Metadata(String),
+}
+
+/// Requests to the broker's actor.
+pub(crate) enum Command {
+    Kafka {
+        ctx: Box<RequestContext>,
+        request: Box<DecodedRequest>,
+        reply: oneshot::Sender<Option<ResponseKind>>,
+    },
+    Status {
+        reply: oneshot::Sender<BrokerStatus>,
+    },
+    /// Hand leaderships to other replicas, sync, and stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// A handle to a running broker: serves Kafka requests (as a [`RequestHandler`]) and
+/// answers status queries. Cloneable; the broker stops when asked to or when every handle
+/// is dropped.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl BrokerHandle {
+    /// A snapshot of the broker's state, for tests, metrics and the simulator.
+    pub async fn status(&self) -> Option<BrokerStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.unbounded_send(Command::Status { reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Graceful shutdown: leaderships are transferred away first.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.unbounded_send(Command::Shutdown { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl RequestHandler for BrokerHandle {
+    fn handle(
+        &self,
+        ctx: RequestContext,
+        request: DecodedRequest,
+    ) -> BoxFuture<'static, Option<ResponseKind>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.unbounded_send(Command::Kafka {
+            ctx: Box::new(ctx),
+            request: Box::new(request),
+            reply,
+        });
+        async move {
+            if sent.is_err() {
+                return None;
+            }
+            rx.await.ok().flatten()
+        }
+        .boxed()
+    }
+}
+
+/// Opens the broker's storage and returns its handle and the future that runs it (the
+/// caller spawns or awaits it). The future ends with `Ok` after a shutdown, or with the
+/// error that stopped the node (a disk failure: restart it to recover).
+pub fn start(
+    io: BrokerIo,
+    config: BrokerConfig,
+) -> Result<(BrokerHandle, BoxFuture<'static, Result<(), BrokerError>>), BrokerError> {
+    let (tx, rx) = mpsc::unbounded();
+    let node = node::Node::open(io, config)?;
+    Ok((BrokerHandle { tx }, node.run(rx).boxed()))
+}

@@ -1,0 +1,296 @@
+//! Running brokers for real: Tokio clock and spawner, TCP between nodes, files on disk, a
+//! Kafka listener. `fjord dev` runs N such nodes in one process; `fjord broker` runs one node
+//! of a multi-process cluster from a TOML file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_log::{Disk, FileDisk};
+use fjord_replication::{Clock, Network, NodeId, Spawner};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use super::{serve_kafka, KafkaServerHandle, TcpNetwork, TokioClock, TokioSpawner};
+use crate::broker::{self, BrokerConfig, BrokerHandle, BrokerIo};
+use crate::controller::ClusterDefaults;
+use crate::kafka::server::ConnectionLimits;
+
+/// Everything needed to run one node.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub kafka_listen: SocketAddr,
+    /// Host and port clients are told to use.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub rpc_listen: SocketAddr,
+    /// The address other nodes use for this one (defaults to `rpc_listen`).
+    pub rpc_advertised: Option<SocketAddr>,
+    pub rack: Option<String>,
+    /// Controller voters and their node-to-node addresses.
+    pub voters: BTreeMap<NodeId, SocketAddr>,
+    pub cluster_id: Option<String>,
+    pub defaults: ClusterDefaults,
+    pub auto_create_topics: bool,
+    pub seed: u64,
+}
+
+/// A node started by [`start_node`].
+pub struct RunningNode {
+    pub id: NodeId,
+    pub broker: BrokerHandle,
+    pub kafka: KafkaServerHandle,
+    pub network: Arc<TcpNetwork>,
+    pub task: JoinHandle<Result<(), broker::BrokerError>>,
+}
+
+impl RunningNode {
+    /// Graceful stop: leaderships handed over, then the loop ends and listeners close.
+    pub async fn shutdown(self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.broker.shutdown()).await;
+        self.task.abort();
+        drop(self.kafka);
+    }
+}
+
+/// Starts one node: its node-to-node network, its broker loop and its Kafka listener.
+pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
+    std::fs::create_dir_all(&spec.data_dir)?;
+    if spec.kafka_listen.port() == 0 {
+        // Pick the port now: the broker must advertise it before the listener starts.
+        let probe = std::net::TcpListener::bind(spec.kafka_listen)?;
+        spec.kafka_listen = probe.local_addr()?;
+    }
+    if spec.advertised_port == 0 {
+        spec.advertised_port = spec.kafka_listen.port();
+    }
+    let peers: BTreeMap<NodeId, SocketAddr> = spec
+        .voters
+        .iter()
+        .filter(|(id, _)| **id != spec.node_id)
+        .map(|(id, a)| (*id, *a))
+        .collect();
+    let network = TcpNetwork::start(spec.node_id, spec.rpc_listen, peers).await?;
+    let rpc_addr = spec.rpc_advertised.unwrap_or(network.local_addr());
+    let disk: Arc<dyn Disk> = Arc::new(FileDisk::new(&spec.data_dir));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let spawner: Arc<dyn Spawner> = Arc::new(TokioSpawner::current());
+    let voters: BTreeSet<NodeId> = spec.voters.keys().copied().collect();
+    let mut cfg = BrokerConfig::new(spec.node_id, voters, spec.seed);
+    cfg.host = spec.advertised_host.clone();
+    cfg.kafka_port = spec.advertised_port;
+    cfg.rack = spec.rack.clone();
+    cfg.rpc_addr = rpc_addr.to_string();
+    cfg.cluster_id = spec.cluster_id.clone();
+    cfg.defaults = spec.defaults.clone();
+    cfg.auto_create_topics = spec.auto_create_topics;
+    let io = BrokerIo {
+        clock,
+        network: Arc::clone(&network) as Arc<dyn Network>,
+        disk,
+        spawner,
+        io_wait: None,
+    };
+    let (handle, run) = broker::start(io, cfg)?;
+    let id = spec.node_id;
+    let task = tokio::spawn(async move {
+        let result = run.await;
+        if let Err(e) = &result {
+            tracing::error!(node = %id, "broker stopped: {e}");
+        }
+        result
+    });
+    let kafka = serve_kafka(
+        spec.kafka_listen,
+        Arc::new(handle.clone()),
+        ConnectionLimits::default(),
+    )
+    .await?;
+    tracing::info!(node = %id, kafka = %kafka.local_addr(), rpc = %rpc_addr, "broker started");
+    Ok(RunningNode {
+        id,
+        broker: handle,
+        kafka,
+        network,
+        task,
+    })
+}
+
+/// Options of `fjord dev`.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    pub brokers: u32,
+    pub data_dir: PathBuf,
+    /// Kafka port of the first broker; the others take the next ones.
+    pub port: u16,
+    pub host: String,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+}
+
+/// Starts a development cluster in this process and returns its nodes. Brokers are
+/// controller voters (the first five of them); node-to-node traffic uses loopback ports
+/// picked by the OS, remembered in `<data_dir>/dev-ports.toml` so that a restart finds
+/// the same cluster.
+pub async fn start_dev(opts: &DevOptions) -> anyhow::Result<Vec<RunningNode>> {
+    anyhow::ensure!(opts.brokers >= 1, "at least one broker");
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let ports_file = opts.data_dir.join("dev-ports.toml");
+    let mut rpc: BTreeMap<u32, u16> = std::fs::read_to_string(&ports_file)
+        .ok()
+        .and_then(|s| toml::from_str::<BTreeMap<String, u16>>(&s).ok())
+        .map(|m| {
+            m.into_iter()
+                .filter_map(|(k, v)| k.parse().ok().map(|k| (k, v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in 1..=opts.brokers {
+        if let std::collections::btree_map::Entry::Vacant(e) = rpc.entry(id) {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            e.insert(l.local_addr()?.port());
+        }
+    }
+    let text: BTreeMap<String, u16> = rpc.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    std::fs::write(&ports_file, toml::to_string(&text)?)?;
+    let voters: BTreeMap<NodeId, SocketAddr> = rpc
+        .iter()
+        .filter(|(id, _)| **id <= opts.brokers.min(5))
+        .map(|(id, port)| (NodeId(*id), SocketAddr::from(([127, 0, 0, 1], *port))))
+        .collect();
+    let defaults = ClusterDefaults {
+        num_partitions: opts.default_partitions,
+        default_replication_factor: opts.brokers.min(3) as i16,
+        offsets_topic_replication_factor: opts.brokers.min(3) as i16,
+        ..ClusterDefaults::default()
+    };
+    let mut nodes = Vec::new();
+    for id in 1..=opts.brokers {
+        let port = opts.port + (id - 1) as u16;
+        let spec = NodeSpec {
+            node_id: NodeId(id),
+            data_dir: opts.data_dir.join(format!("broker-{id}")),
+            kafka_listen: format!("{}:{port}", listen_host(&opts.host)).parse()?,
+            advertised_host: opts.host.clone(),
+            advertised_port: port,
+            rpc_listen: SocketAddr::from(([127, 0, 0, 1], rpc[&id])),
+            rpc_advertised: None,
+            rack: None,
+            voters: voters.clone(),
+            cluster_id: Some("fjord-dev".into()),
+            defaults: defaults.clone(),
+            auto_create_topics: opts.auto_create_topics,
+            seed: seed_from_clock(id),
+        };
+        nodes.push(start_node(spec).await?);
+    }
+    Ok(nodes)
+}
+
+fn listen_host(host: &str) -> &str {
+    if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    }
+}
+
+/// A fresh seed per process start (the production node's incarnation, election jitter).
+#[allow(clippy::disallowed_methods)] // The production runtime may read real time.
+fn seed_from_clock(salt: u32) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(salt) << 48) ^ u64::from(std::process::id())
+}
+
+/// `fjord broker --config FILE`: one node of a multi-process cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerFile {
+    pub node_id: u32,
+    pub data_dir: PathBuf,
+    /// Kafka listener, e.g. "0.0.0.0:9092".
+    pub listen: SocketAddr,
+    /// What clients are told (defaults to the listener).
+    pub advertised_host: Option<String>,
+    pub advertised_port: Option<u16>,
+    /// Node-to-node listener.
+    pub rpc_listen: SocketAddr,
+    pub rpc_advertised: Option<SocketAddr>,
+    pub rack: Option<String>,
+    pub cluster_id: Option<String>,
+    #[serde(default = "default_true")]
+    pub auto_create_topics: bool,
+    #[serde(default)]
+    pub default_partitions: Option<i32>,
+    #[serde(default)]
+    pub default_replication_factor: Option<i16>,
+    /// Controller voters: node id → node-to-node address.
+    pub controller_voters: BTreeMap<String, SocketAddr>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl BrokerFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(toml::from_str(&text)?)
+    }
+
+    pub fn spec(&self) -> anyhow::Result<NodeSpec> {
+        let mut voters = BTreeMap::new();
+        for (id, addr) in &self.controller_voters {
+            voters.insert(NodeId(id.parse()?), *addr);
+        }
+        let mut defaults = ClusterDefaults::default();
+        if let Some(p) = self.default_partitions {
+            defaults.num_partitions = p;
+        }
+        if let Some(rf) = self.default_replication_factor {
+            defaults.default_replication_factor = rf;
+            defaults.offsets_topic_replication_factor = rf;
+        }
+        Ok(NodeSpec {
+            node_id: NodeId(self.node_id),
+            data_dir: self.data_dir.clone(),
+            kafka_listen: self.listen,
+            advertised_host: self
+                .advertised_host
+                .clone()
+                .unwrap_or_else(|| self.listen.ip().to_string()),
+            advertised_port: self.advertised_port.unwrap_or(self.listen.port()),
+            rpc_listen: self.rpc_listen,
+            rpc_advertised: self.rpc_advertised,
+            rack: self.rack.clone(),
+            voters,
+            cluster_id: self.cluster_id.clone(),
+            defaults,
+            auto_create_topics: self.auto_create_topics,
+            seed: seed_from_clock(self.node_id),
+        })
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,265 @@
+//! A broker (one node, and a three-node cluster) over real TCP, driven by raw Kafka
+//! requests: topic creation, produce with acks=all / acks=1, fetch, list offsets, metadata.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord::client::conn::{ClientOptions, KafkaConnection};
+use fjord::controller::ClusterDefaults;
+use fjord::runtime::server::{start_node, NodeSpec, RunningNode};
+use fjord::runtime::{TcpConnector, TokioClock, TokioSpawner};
+use fjord_replication::NodeId;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+async fn cluster(n: u32, dir: &std::path::Path) -> Vec<RunningNode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut voters = BTreeMap::new();
+    for id in 1..=n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        voters.insert(NodeId(id), l.local_addr().unwrap());
+    }
+    let defaults = ClusterDefaults {
+        default_replication_factor: n.min(3) as i16,
+        offsets_topic_replication_factor: n.min(3) as i16,
+        offsets_topic_num_partitions: 3,
+        ..ClusterDefaults::default()
+    };
+    let mut nodes = Vec::new();
+    for id in 1..=n {
+        let spec = NodeSpec {
+            node_id: NodeId(id),
+            data_dir: dir.join(format!("n{id}")),
+            kafka_listen: "127.0.0.1:0".parse().unwrap(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 0,
+            rpc_listen: voters[&NodeId(id)],
+            rpc_advertised: None,
+            rack: None,
+            voters: voters.clone(),
+            cluster_id: Some("test-cluster".into()),
+            defaults: defaults.clone(),
+            auto_create_topics: true,
+            seed: u64::from(id),
+        };
+        nodes.push(start_node(spec).await.expect("start"));
+    }
+    nodes
+}
+
+async fn connect(addr: SocketAddr) -> KafkaConnection {
+    let connector = TcpConnector::default();
+    KafkaConnection::connect(
+        &connector,
+        &addr.to_string(),
+        Arc::new(TokioClock::new()),
+        &TokioSpawner::current(),
+        ClientOptions::default(),
+    )
+    .await
+    .expect("connect")
+}
+
+fn batch(values: &[&str]) -> Bytes {
+    let records: Vec<_> = values
+        .iter()
+        .map(|v| fjord_log::RecordSpec {
+            key: None,
+            value: Some(Bytes::from(v.to_string())),
+            headers: Vec::new(),
+            timestamp_ms: 1_700_000_000_000,
+        })
+        .collect();
+    fjord_log::build_batch(&records, &Default::default()).expect("batch")
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The leader broker id of `topic`/0 from a Metadata request.
+async fn leader_of(conn: &KafkaConnection, topic: &str) -> Option<i32> {
+    let mut req = MetadataRequest::default();
+    let mut t = MetadataRequestTopic::default();
+    t.name = Some(topic_name(topic));
+    req.topics = Some(vec![t]);
+    let resp = conn.call(req).await.ok()?;
+    let t = resp.topics.first()?;
+    let p = t.partitions.first()?;
+    (t.error_code == 0 && p.error_code == 0 && p.leader_id.0 >= 0).then_some(p.leader_id.0)
+}
+
+async fn produce(conn: &KafkaConnection, topic: &str, acks: i16, records: Bytes) -> (i16, i64) {
+    let mut p = PartitionProduceData::default();
+    p.index = 0;
+    p.records = Some(records);
+    let mut t = TopicProduceData::default();
+    t.name = topic_name(topic);
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = acks;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![t];
+    let resp = conn.call(req).await.expect("produce");
+    let r = &resp.responses[0].partition_responses[0];
+    (r.error_code, r.base_offset)
+}
+
+async fn fetch(conn: &KafkaConnection, topic: &str, offset: i64) -> (i16, i64, Bytes) {
+    let mut p = FetchPartition::default();
+    p.partition = 0;
+    p.fetch_offset = offset;
+    p.partition_max_bytes = 1 << 20;
+    p.current_leader_epoch = -1;
+    let mut t = FetchTopic::default();
+    t.topic = topic_name(topic);
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 100;
+    req.min_bytes = 1;
+    req.max_bytes = 1 << 20;
+    req.topics = vec![t];
+    let resp = conn.call(req).await.expect("fetch");
+    let d = &resp.responses[0].partitions[0];
+    (
+        d.error_code,
+        d.high_watermark,
+        d.records.clone().unwrap_or_default(),
+    )
+}
+
+fn values(records: &Bytes) -> Vec<String> {
+    let mut out = Vec::new();
+    for item in fjord_log::BatchIter::new(records) {
+        let (h, b) = item.expect("batch");
+        if h.is_control() {
+            continue;
+        }
+        for r in fjord_log::decode_records(b).expect("records") {
+            out.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_broker_produce_fetch_list_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(1, dir.path()).await;
+    let conn = connect(nodes[0].kafka.local_addr()).await;
+    // Auto-creation through Metadata, as producers do.
+    eventually("leader", || leader_of(&conn, "events")).await;
+    // Offset 0 holds the first leader's no-op (a control batch consumers skip).
+    let (err, first) = produce(&conn, "events", -1, batch(&["a", "b", "c"])).await;
+    assert_eq!((err, first), (0, 1));
+    let (err, base) = produce(&conn, "events", 1, batch(&["d"])).await;
+    assert_eq!((err, base), (0, first + 3));
+    let (err, hw, records) = fetch(&conn, "events", 0).await;
+    assert_eq!(err, 0);
+    assert_eq!(hw, first + 4);
+    assert_eq!(values(&records), ["a", "b", "c", "d"]);
+    // A fetch from the middle of a batch returns the whole batch (clients skip).
+    let (_, _, records) = fetch(&conn, "events", first + 1).await;
+    assert_eq!(values(&records)[0], "a");
+    // Out of range.
+    let (err, _, _) = fetch(&conn, "events", 99).await;
+    assert_eq!(err, 1);
+    // ListOffsets: earliest and latest.
+    for (ts, want) in [(-2i64, 0i64), (-1, first + 4)] {
+        let mut p = ListOffsetsPartition::default();
+        p.partition_index = 0;
+        p.timestamp = ts;
+        p.current_leader_epoch = -1;
+        let mut t = ListOffsetsTopic::default();
+        t.name = topic_name("events");
+        t.partitions = vec![p];
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let resp = conn.call(req).await.expect("list offsets");
+        let r = &resp.topics[0].partitions[0];
+        assert_eq!((r.error_code, r.offset), (0, want), "timestamp {ts}");
+    }
+    // CreateTopics of an existing topic: TOPIC_ALREADY_EXISTS (36).
+    let mut t = CreatableTopic::default();
+    t.name = topic_name("events");
+    t.num_partitions = 1;
+    t.replication_factor = 1;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 5000;
+    let resp = conn.call(req).await.expect("create topics");
+    assert_eq!(resp.topics[0].error_code, 36);
+    for n in nodes {
+        n.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_replicate_and_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let conns =
+        futures::future::join_all(nodes.iter().map(|n| connect(n.kafka.local_addr()))).await;
+    let mut t = CreatableTopic::default();
+    t.name = topic_name("replicated");
+    t.num_partitions = 1;
+    t.replication_factor = 3;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 5000;
+    let created = eventually("topic created", || async {
+        let resp = conns[1].call(req.clone()).await.ok()?;
+        let code = resp.topics[0].error_code;
+        (code == 0 || code == 36).then_some(code)
+    })
+    .await;
+    assert!(created == 0 || created == 36);
+    let leader = eventually("leader", || leader_of(&conns[0], "replicated")).await;
+    let leader_conn = &conns[(leader - 1) as usize];
+    let follower_conn = &conns[(leader % 3) as usize];
+    // A non-leader refuses with NOT_LEADER_OR_FOLLOWER (6).
+    let (err, _) = produce(follower_conn, "replicated", -1, batch(&["x"])).await;
+    assert_eq!(err, 6);
+    let mut last = -1;
+    for i in 0..20 {
+        let (err, base) = produce(leader_conn, "replicated", -1, batch(&[&format!("v{i}")])).await;
+        assert_eq!(err, 0);
+        assert!(base > last, "offsets increase");
+        last = base;
+    }
+    let (err, hw, records) = fetch(leader_conn, "replicated", 0).await;
+    assert_eq!((err, hw), (0, last + 1));
+    assert_eq!(values(&records).len(), 20);
+    for n in nodes {
+        n.shutdown(Duration::from_secs(2)).await;
+    }
+}

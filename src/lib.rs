@@ -7,5 +7,6 @@
 pub mod broker;
 pub mod client;
 pub mod controller;
+pub mod group;
 pub mod kafka;
 pub mod runtime;

@@ -312,6 +312,18 @@ impl Log {
         dir: PathBuf,
         config: LogConfig,
     ) -> Result<(Log, RecoveryReport), LogError> {
+        Self::open_with(disk, dir, config, false)
+    }
+
+    /// [`Log::open`], verifying every batch when `verify_all` (not only those after the
+    /// recovery point): for a log where a read found a bad CRC in trusted data. A bad batch
+    /// below the recovery point is then cut and reported as corruption.
+    pub fn open_with(
+        disk: Arc<dyn Disk>,
+        dir: PathBuf,
+        config: LogConfig,
+        verify_all: bool,
+    ) -> Result<(Log, RecoveryReport), LogError> {
         config.validate()?;
         let mut report = RecoveryReport::default();
         if !disk.exists(&dir)? {
@@ -354,7 +366,7 @@ impl Log {
         if report.meta_missing || report.meta_invalid {
             log.log_start = bases.first().copied().unwrap_or(0);
         }
-        log.recover(&bases, &mut epochs, &mut report)?;
+        log.recover(&bases, &mut epochs, &mut report, verify_all)?;
         log.epochs = epochs;
         log.epochs.truncate_from_end(log.log_end);
         // Make everything recovered durable (a process crash leaves unsynced page-cache
@@ -376,6 +388,7 @@ impl Log {
         bases: &[u64],
         epochs: &mut EpochCache,
         report: &mut RecoveryReport,
+        verify_all: bool,
     ) -> Result<(), LogError> {
         let disk = Arc::clone(&self.disk);
         let disk = disk.as_ref();
@@ -389,10 +402,14 @@ impl Log {
             self.dir_dirty = true;
         }
         // The first segment to verify: the one containing the recovery point.
-        let verify_from = bases
-            .iter()
-            .rposition(|b| *b <= self.recovery_point)
-            .unwrap_or(0);
+        let verify_from = if verify_all {
+            0
+        } else {
+            bases
+                .iter()
+                .rposition(|b| *b <= self.recovery_point)
+                .unwrap_or(0)
+        };
         let last_index = bases.len().saturating_sub(1);
         let mut expected = 0u64;
         // (segment, position to cut at or None to drop it whole, corrupt?)

@@ -289,6 +289,17 @@ fn corruption_is_never_served_and_is_reported() {
         log.read(0, 1 << 20, u64::MAX),
         Err(LogError::Corrupt { offset: 0 })
     ));
+    drop(log);
+    // Opening with full verification finds it, cuts the log there and reports it.
+    let (log, report) =
+        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), true).expect("open");
+    assert_eq!(report.corruption, Some(0));
+    assert_eq!(log.log_end_offset(), 0);
+    assert!(log
+        .read(0, 1 << 20, u64::MAX)
+        .expect("read")
+        .bytes
+        .is_empty());
 }
 
 #[test]

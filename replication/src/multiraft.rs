@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::raft::{
     HardState, Membership, Message, ProposeError, Raft, RaftConfig, RaftError, Role, Status,
 };
-use crate::storage::{GroupStorageError, HardStateFile, LogStorage};
+use crate::storage::{request_verification, GroupStorageError, HardStateFile, LogStorage};
 use crate::NodeId;
 
 /// A Raft group: one partition of one topic, or the metadata group (topic 0).
@@ -291,21 +291,45 @@ impl MultiRaft {
             tracing::trace!(node = %self.cfg.node, %group, %from, kind = msg.kind(), "message for unknown group dropped");
             return Ok(());
         };
-        g.raft
-            .step(from, msg)
-            .map_err(|source| DriverError::Raft { group, source })
+        let result = g.raft.step(from, msg);
+        result.map_err(|source| self.raft_failure(group, source))
+    }
+
+    /// The error that stops the node; a checksum failure on read also asks for the group's
+    /// log to be verified whole at the next open (recovery then cuts it at the bad batch and
+    /// the member repairs from its peers).
+    fn raft_failure(&self, group: GroupId, source: RaftError) -> DriverError {
+        if matches!(&source, RaftError::Storage(e) if e.corrupt) {
+            self.mark_for_verification(group);
+        }
+        DriverError::Raft { group, source }
+    }
+
+    /// Durably marks `group`'s log for full verification at the next open (a read found a
+    /// bad checksum). The caller stops the node.
+    pub fn mark_for_verification(&self, group: GroupId) {
+        let dir = self.group_dir(group);
+        tracing::error!(node = %self.cfg.node, %group, "corrupt data read: the log will be verified at restart");
+        if let Err(e) = request_verification(self.disk.as_ref(), &dir) {
+            tracing::error!(node = %self.cfg.node, %group, "cannot mark the log for verification: {e}");
+        }
     }
 
     /// One tick for every group; `wall_clock_ms` stamps the batches the cores write.
     pub fn tick(&mut self, wall_clock_ms: i64) -> Result<(), DriverError> {
         self.wall_clock_ms = wall_clock_ms;
+        let mut failure = None;
         for (id, g) in &mut self.groups {
             g.raft.set_wall_clock_ms(wall_clock_ms);
-            g.raft
-                .tick()
-                .map_err(|source| DriverError::Raft { group: *id, source })?;
+            if let Err(source) = g.raft.tick() {
+                failure = Some((*id, source));
+                break;
+            }
         }
-        Ok(())
+        match failure {
+            Some((group, source)) => Err(self.raft_failure(group, source)),
+            None => Ok(()),
+        }
     }
 
     /// Appends a client batch to `group` as leader; see [`Raft::propose`].
@@ -314,7 +338,13 @@ impl MultiRaft {
             .groups
             .get_mut(&group)
             .ok_or(ProposeError::NotLeader { leader: None })?;
-        g.raft.propose(batch)
+        let result = g.raft.propose(batch);
+        if let Err(ProposeError::Raft(RaftError::Storage(e))) = &result {
+            if e.corrupt {
+                self.mark_for_verification(group);
+            }
+        }
+        result
     }
 
     /// Performs every group's pending IO, collecting outgoing messages and events.

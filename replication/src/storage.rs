@@ -47,12 +47,35 @@ pub enum GroupStorageError {
 
 impl From<GroupStorageError> for StorageError {
     fn from(e: GroupStorageError) -> Self {
-        StorageError(e.to_string())
+        StorageError::new(e.to_string())
     }
 }
 
 fn storage_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError(e.to_string())
+    StorageError::new(e.to_string())
+}
+
+/// A log error, remembering whether it was a checksum failure.
+fn log_err(e: LogError) -> StorageError {
+    StorageError {
+        corrupt: matches!(e, LogError::Corrupt { .. }),
+        message: e.to_string(),
+    }
+}
+
+/// Marker file: the group's log failed a checksum on read and must be verified whole at the
+/// next open.
+pub const VERIFY_MARKER_FILE: &str = "verify-log";
+
+/// Durably asks for a full verification of the log in `dir` at its next open.
+pub fn request_verification(disk: &dyn Disk, dir: &Path) -> Result<(), DiskError> {
+    let path = dir.join(VERIFY_MARKER_FILE);
+    if !disk.exists(&path)? {
+        let mut f = disk.create(&path)?;
+        f.sync()?;
+        disk.sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// The two-slot hard state file of one group.
@@ -158,12 +181,19 @@ pub struct LogStorage {
 
 impl LogStorage {
     /// Opens (recovering) the log in `dir`, and the snapshot beside it if there is one.
+    /// A log marked by [`request_verification`] is verified whole (and the mark removed).
     pub fn open(
         disk: Arc<dyn Disk>,
         dir: PathBuf,
         config: LogConfig,
     ) -> Result<(Self, RecoveryReport), GroupStorageError> {
-        let (log, report) = Log::open(Arc::clone(&disk), dir.clone(), config)?;
+        let marker = dir.join(VERIFY_MARKER_FILE);
+        let verify_all = disk.exists(&marker)?;
+        let (log, report) = Log::open_with(Arc::clone(&disk), dir.clone(), config, verify_all)?;
+        if verify_all {
+            disk.remove(&marker)?;
+            disk.sync_dir(&dir)?;
+        }
         let snapshot = read_snapshot(disk.as_ref(), &dir)?;
         Ok((
             LogStorage {
@@ -260,11 +290,7 @@ impl RaftLog for LogStorage {
 
     fn read(&self, from: u64, max_bytes: usize) -> Result<Bytes, StorageError> {
         let end = self.log.log_end_offset();
-        Ok(self
-            .log
-            .read(from, max_bytes, end)
-            .map_err(storage_err)?
-            .bytes)
+        Ok(self.log.read(from, max_bytes, end).map_err(log_err)?.bytes)
     }
 
     fn append_leader(
@@ -293,7 +319,7 @@ impl RaftLog for LogStorage {
         } else {
             self.log
                 .read(offset, 1, end)
-                .map_err(storage_err)?
+                .map_err(log_err)?
                 .first_offset
                 .min(offset)
         };
@@ -370,6 +396,45 @@ mod tests {
         disk.corrupt(&dir.join(HARD_STATE_FILE), 20, 4);
         let (_, loaded) = HardStateFile::open(&disk, &dir).unwrap();
         assert_eq!(loaded, hs(1));
+    }
+
+    #[test]
+    fn a_checksum_failure_on_read_leads_to_full_verification_at_next_open() {
+        let mem = MemDisk::new(10);
+        let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+        let dir = PathBuf::from("p");
+        let (mut s, _) =
+            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
+        for i in 0..40 {
+            let b = fjord_log::build_batch(
+                &[fjord_log::RecordSpec {
+                    key: None,
+                    value: Some(Bytes::from(format!("value-{i:04}-................"))),
+                    headers: Vec::new(),
+                    timestamp_ms: 1,
+                }],
+                &Default::default(),
+            )
+            .unwrap();
+            s.append_leader(BytesMut::from(&b[..]), 1).unwrap();
+        }
+        RaftLog::sync(&mut s).unwrap();
+        drop(s);
+        // Bit rot in the first (closed, trusted) segment.
+        let (s, report) =
+            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
+        assert_eq!(report.corruption, None);
+        let first = dir.join("00000000000000000000.log");
+        mem.corrupt(&first, 40, 20).unwrap();
+        let err = s.read(0, 1 << 20).unwrap_err();
+        assert!(err.corrupt, "{err}");
+        request_verification(disk.as_ref(), &dir).unwrap();
+        drop(s);
+        let (s, report) =
+            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
+        assert_eq!(report.corruption, Some(0));
+        assert_eq!(s.end_offset(), 0);
+        assert!(!disk.exists(&dir.join(VERIFY_MARKER_FILE)).unwrap());
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub enum BrokerError {
     Driver(#[from] fjord_replication::multiraft::DriverError),
     #[error("metadata: {0}")]
     Metadata(String),
+    /// A log served data failing its checksum; it is verified (and cut) at restart.
+    #[error("corrupt log: {0}")]
+    Corrupt(String),
 }
 
 /// Requests to the broker's actor.

@@ -152,6 +152,8 @@ pub(crate) struct Node {
     last_outcomes: BTreeMap<u64, ApplyOutcome>,
     /// Set when something committed this round: parked fetches are re-evaluated.
     pub(super) commits_advanced: bool,
+    /// A local log served corrupt data: the node stops (its log is verified at restart).
+    pub(super) fatal: Option<String>,
 }
 
 impl Node {
@@ -196,6 +198,7 @@ impl Node {
             producer_id_request_pending: false,
             last_outcomes: BTreeMap::new(),
             commits_advanced: false,
+            fatal: None,
         };
         node.load_metadata_snapshot()?;
         node.apply_metadata()?;
@@ -269,6 +272,9 @@ impl Node {
                 wait().await;
             }
             self.round_answers()?;
+            if let Some(why) = self.fatal.take() {
+                return Err(BrokerError::Corrupt(why));
+            }
             if let Some(reply) = shutdown.take() {
                 if self.shutdown_complete() {
                     let _ = reply.send(());
@@ -586,11 +592,15 @@ impl Node {
         let mut from = self.image.applied_end().max(start);
         let mut changed = false;
         while from < commit {
-            let read = r
-                .log()
-                .log()
-                .read(from, 1 << 20, commit)
-                .map_err(|e| BrokerError::Metadata(e.to_string()))?;
+            let read = match r.log().log().read(from, 1 << 20, commit) {
+                Ok(read) => read,
+                Err(e) => {
+                    if matches!(e, fjord_log::LogError::Corrupt { .. }) {
+                        self.multi.mark_for_verification(GroupId::METADATA);
+                    }
+                    return Err(BrokerError::Metadata(e.to_string()));
+                }
+            };
             if read.bytes.is_empty() {
                 break;
             }

@@ -262,7 +262,7 @@ impl<L: RaftLog> Raft<L> {
             let mut pos = 0usize;
             while pos < bytes.len() {
                 let header = fjord_log::batch::BatchHeader::parse(&bytes[pos..])
-                    .map_err(|e| StorageError(format!("scan at {from}: {e}")))?;
+                    .map_err(|e| StorageError::new(format!("scan at {from}: {e}")))?;
                 let size = header.total_size();
                 let batch = &bytes[pos..pos + size];
                 let batch_end = header.last_offset() + 1;

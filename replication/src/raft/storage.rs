@@ -16,8 +16,22 @@ use crate::NodeId;
 /// A storage failure. The node cannot continue safely (for a failed sync, the state of the
 /// unsynced data is unknown): the driver stops the node, which recovers from what is durable.
 #[derive(Debug, thiserror::Error)]
-#[error("raft storage: {0}")]
-pub struct StorageError(pub String);
+#[error("raft storage: {message}")]
+pub struct StorageError {
+    pub message: String,
+    /// A read found data failing its checksum: the log must be fully verified (and cut)
+    /// before the member takes part again.
+    pub corrupt: bool,
+}
+
+impl StorageError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StorageError {
+            message: message.into(),
+            corrupt: false,
+        }
+    }
+}
 
 /// One Raft group's log of Kafka RecordBatches.
 ///

@@ -140,7 +140,7 @@ impl RaftLog for MemLog {
         fjord_log::batch::set_base_offset(&mut batch, base).expect("a whole batch");
         fjord_log::batch::set_partition_leader_epoch(&mut batch, term as i32)
             .expect("a whole batch");
-        let header = BatchHeader::parse(&batch).map_err(|e| StorageError(e.to_string()))?;
+        let header = BatchHeader::parse(&batch).map_err(|e| StorageError::new(e.to_string()))?;
         let end = header.last_offset() + 1;
         self.live.entries.push(Entry {
             base,
@@ -153,7 +153,7 @@ impl RaftLog for MemLog {
     }
 
     fn append_follower(&mut self, batch: &[u8]) -> Result<(), StorageError> {
-        let header = BatchHeader::parse(batch).map_err(|e| StorageError(e.to_string()))?;
+        let header = BatchHeader::parse(batch).map_err(|e| StorageError::new(e.to_string()))?;
         assert!(
             header.base_offset >= self.end_offset(),
             "append below the end"

@@ -80,7 +80,7 @@ impl Node {
 
     /// The response to `req` as of now, its total record bytes, and whether any partition
     /// failed (which answers at once rather than waiting).
-    fn build_fetch(&self, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    fn build_fetch(&mut self, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
         let mut resp = FetchResponse::default();
         resp.session_id = 0;
         let limit = (req.max_bytes.max(0) as usize).min(FETCH_RESPONSE_SIZE_MAX_BYTES);
@@ -120,7 +120,7 @@ impl Node {
     }
 
     fn fetch_partition(
-        &self,
+        &mut self,
         topic: &str,
         p: &kafka_protocol::messages::fetch_request::FetchPartition,
         budget: usize,
@@ -170,6 +170,8 @@ impl Node {
                 Ok(read) => d.records = Some(read.bytes),
                 Err(LogError::Corrupt { offset }) => {
                     tracing::error!(node = %self.id(), %group, offset, "corrupt batch not served");
+                    self.multi.mark_for_verification(group);
+                    self.fatal = Some(format!("{group} at offset {offset}"));
                     return Err(ResponseError::KafkaStorageError);
                 }
                 Err(e) => {

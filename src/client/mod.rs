@@ -6,6 +6,7 @@
 mod backoff;
 pub mod cluster;
 pub mod conn;
+pub mod consumer;
 pub mod error;
 pub mod metadata;
 mod notify;

@@ -30,7 +30,7 @@ struct Setup {
 fn setup(brokers: &[(i32, &str)], topics: &[(&str, i32)]) -> Setup {
     let env = TestEnv::new();
     let net = StubNetwork::new(&env);
-    let cluster = MiniCluster::start(&net, brokers, topics);
+    let cluster = MiniCluster::start(&net, &env.clock, brokers, topics);
     let client = env.client(&net, client_config(&[brokers[0].1]));
     Setup {
         env,

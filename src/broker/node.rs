@@ -25,6 +25,7 @@ use crate::controller::{
 
 mod api;
 mod fetch;
+mod groups;
 mod produce;
 
 /// Inputs one round takes before doing its IO.
@@ -154,6 +155,7 @@ pub(crate) struct Node {
     pub(super) commits_advanced: bool,
     /// A local log served corrupt data: the node stops (its log is verified at restart).
     pub(super) fatal: Option<String>,
+    pub(super) coordinators: groups::Coordinators,
 }
 
 impl Node {
@@ -199,6 +201,7 @@ impl Node {
             last_outcomes: BTreeMap::new(),
             commits_advanced: false,
             fatal: None,
+            coordinators: groups::Coordinators::default(),
         };
         node.load_metadata_snapshot()?;
         node.apply_metadata()?;
@@ -300,6 +303,7 @@ impl Node {
         self.controller_step();
         self.resolve_produce_waiters();
         self.resolve_fetch_waiters(false);
+        self.step_coordinators();
         // Applying and resolving may have proposed more: do that IO in this round too.
         self.multi.process()?;
         let events = self.multi.take_events();

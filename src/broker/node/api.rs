@@ -29,7 +29,7 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
     FindCoordinatorRequest, ListOffsetsRequest, MetadataRequest, RequestKind, ResponseKind,
     TopicName,
 };
@@ -684,20 +684,4 @@ impl Node {
         let b = self.image.broker(leader).ok_or_else(not_available)?;
         Ok((leader, b.host.clone(), b.kafka_port))
     }
-
-    /// Group APIs are routed to the coordinator hosted here, if any.
-    fn on_group_request(
-        &mut self,
-        _ctx: RequestContext,
-        _version: i16,
-        request: RequestKind,
-        reply: oneshot::Sender<Option<ResponseKind>>,
-    ) {
-        tracing::debug!(node = %self.id(), api = ?api_key_of(&request), "request not served");
-        let _ = reply.send(None);
-    }
-}
-
-fn api_key_of(request: &RequestKind) -> Option<ApiKey> {
-    crate::kafka::codec::request_api_key(request).ok()
 }

@@ -59,6 +59,7 @@ async fn cluster(n: u32, dir: &std::path::Path) -> Vec<RunningNode> {
             defaults: defaults.clone(),
             auto_create_topics: true,
             seed: u64::from(id),
+            leader_balance_interval: Duration::from_secs(1),
         };
         nodes.push(start_node(spec).await.expect("start"));
     }
@@ -259,6 +260,51 @@ async fn three_brokers_replicate_and_redirect() {
     let (err, hw, records) = fetch(leader_conn, "replicated", 0).await;
     assert_eq!((err, hw), (0, last + 1));
     assert_eq!(values(&records).len(), 20);
+    for n in nodes {
+        n.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_move_to_their_preferred_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let conn = connect(nodes[0].kafka.local_addr()).await;
+    let mut t = CreatableTopic::default();
+    t.name = topic_name("spread");
+    t.num_partitions = 6;
+    t.replication_factor = 3;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 5000;
+    eventually("topic created", || async {
+        let resp = conn.call(req.clone()).await.ok()?;
+        let code = resp.topics[0].error_code;
+        (code == 0 || code == 36).then_some(())
+    })
+    .await;
+    // Every partition ends up led by the first replica of its assignment, which the
+    // controller rotates across brokers.
+    let leaders = eventually("preferred leaders", || async {
+        let mut m = MetadataRequest::default();
+        let mut mt = MetadataRequestTopic::default();
+        mt.name = Some(topic_name("spread"));
+        m.topics = Some(vec![mt]);
+        let resp = conn.call(m).await.ok()?;
+        let parts = &resp.topics.first()?.partitions;
+        let ok = parts.len() == 6
+            && parts
+                .iter()
+                .all(|p| p.error_code == 0 && Some(&p.leader_id) == p.replica_nodes.first());
+        ok.then(|| parts.iter().map(|p| p.leader_id.0).collect::<Vec<_>>())
+    })
+    .await;
+    let distinct: std::collections::BTreeSet<_> = leaders.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "leaders spread over the brokers: {leaders:?}"
+    );
     for n in nodes {
         n.shutdown(Duration::from_secs(2)).await;
     }

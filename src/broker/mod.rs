@@ -77,6 +77,8 @@ pub struct BrokerConfig {
     pub cluster_id: Option<String>,
     /// Whether Metadata requests may create missing topics (`auto.create.topics.enable`).
     pub auto_create_topics: bool,
+    /// How often leaders move partitions back to their preferred replica (0: never).
+    pub leader_balance_interval: Duration,
     pub bugs: BrokerBugs,
 }
 
@@ -97,6 +99,7 @@ impl BrokerConfig {
             seed,
             cluster_id: None,
             auto_create_topics: true,
+            leader_balance_interval: Duration::from_secs(30),
             bugs: BrokerBugs::default(),
         }
     }

@@ -145,6 +145,7 @@ pub(crate) struct Node {
     next_heartbeat_ms: u64,
     next_gossip_ms: u64,
     next_maintenance_ms: u64,
+    next_balance_ms: u64,
     /// Producer ids this broker may hand out: `[next, end)`.
     pub(super) producer_ids: (i64, i64),
     pub(super) producer_id_waiters: Vec<oneshot::Sender<Option<ResponseKind>>>,
@@ -195,6 +196,7 @@ impl Node {
             next_heartbeat_ms: 0,
             next_gossip_ms: 0,
             next_maintenance_ms: 0,
+            next_balance_ms: 0,
             producer_ids: (0, 0),
             producer_id_waiters: Vec::new(),
             producer_id_request_pending: false,
@@ -412,6 +414,14 @@ impl Node {
             self.next_maintenance_ms = now + LOG_MAINTENANCE_INTERVAL_MS;
             self.maintain_logs();
         }
+        // Kafka's auto.leader.rebalance (leader.imbalance.check.interval).
+        let balance_ms = self.cfg.leader_balance_interval.as_millis() as u64;
+        if balance_ms > 0 && now >= self.next_balance_ms {
+            if self.next_balance_ms > 0 {
+                self.balance_leaders();
+            }
+            self.next_balance_ms = now + balance_ms;
+        }
         let expired: Vec<u64> = self
             .pending_rpcs
             .iter()
@@ -449,6 +459,35 @@ impl Node {
             }
             if let Err(e) = log.compact(now, commit) {
                 tracing::warn!(group = %g, "compaction failed: {e}");
+            }
+        }
+    }
+
+    /// Hands each partition led here to its preferred replica (the first of its assignment)
+    /// when that replica is live and fully caught up, so that leadership spreads the way the
+    /// controller placed it.
+    fn balance_leaders(&mut self) {
+        let me = self.id();
+        let groups: Vec<GroupId> = self.partitions.keys().copied().collect();
+        for g in groups {
+            let Some(preferred) = self
+                .image
+                .partition_replicas(g.topic, g.partition)
+                .and_then(|r| r.first().copied())
+            else {
+                continue;
+            };
+            let live = self.image.broker(preferred).is_some_and(|b| !b.fenced);
+            let Some(r) = self.multi.group_mut(g) else {
+                continue;
+            };
+            if preferred == me || !live || r.role() != Role::Leader {
+                continue;
+            }
+            let s = r.status();
+            if s.matches.get(&preferred) == Some(&s.log_end) {
+                tracing::debug!(node = %me, group = %g, to = %preferred, "moving leadership to the preferred replica");
+                let _ = r.transfer_leadership(preferred);
             }
         }
     }

@@ -37,6 +37,8 @@ pub struct NodeSpec {
     pub defaults: ClusterDefaults,
     pub auto_create_topics: bool,
     pub seed: u64,
+    /// How often leaders move partitions back to their preferred replica.
+    pub leader_balance_interval: Duration,
 }
 
 /// A node started by [`start_node`].
@@ -88,6 +90,7 @@ pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
     cfg.cluster_id = spec.cluster_id.clone();
     cfg.defaults = spec.defaults.clone();
     cfg.auto_create_topics = spec.auto_create_topics;
+    cfg.leader_balance_interval = spec.leader_balance_interval;
     let io = BrokerIo {
         clock,
         network: Arc::clone(&network) as Arc<dyn Network>,
@@ -185,6 +188,7 @@ pub async fn start_dev(opts: &DevOptions) -> anyhow::Result<Vec<RunningNode>> {
             defaults: defaults.clone(),
             auto_create_topics: opts.auto_create_topics,
             seed: seed_from_clock(id),
+            leader_balance_interval: Duration::from_secs(30),
         };
         nodes.push(start_node(spec).await?);
     }
@@ -274,6 +278,7 @@ impl BrokerFile {
             defaults,
             auto_create_topics: self.auto_create_topics,
             seed: seed_from_clock(self.node_id),
+            leader_balance_interval: Duration::from_secs(30),
         })
     }
 }

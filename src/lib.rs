@@ -5,6 +5,7 @@
 //! runs in production ([`runtime`]: Tokio, TCP, files) and inside the deterministic simulator.
 
 pub mod broker;
+pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod group;

@@ -3,8 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+use fjord::cli::{ConnectArgs, ConsumeArgs, ProduceArgs, TopicCommand};
+use fjord::client::{Client, ClientConfig};
 use fjord::runtime::server::{self, BrokerFile, DevOptions};
+use fjord::runtime::{TcpConnector, TokioClock, TokioSpawner};
 
 #[derive(Debug, Parser)]
 #[command(name = "fjord", version, about = "A Kafka-compatible replicated log")]
@@ -42,17 +47,81 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Create, list, describe, alter or delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Send the lines of stdin to a topic, one record per line.
+    Produce {
+        #[command(flatten)]
+        args: ProduceArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Print the records of a topic.
+    Consume {
+        #[command(flatten)]
+        args: ConsumeArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
 }
 
-fn init_tracing() {
+/// A client over TCP on the current Tokio runtime.
+fn client(connect: ConnectArgs) -> Client {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the binary seeds the client's jitter from the real clock"
+    )]
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Client::new(
+        Arc::new(TcpConnector::default()),
+        Arc::new(TokioClock::new()),
+        Arc::new(TokioSpawner::current()),
+        ClientConfig {
+            bootstrap_servers: connect.bootstrap_server,
+            client_id: "fjord-cli".to_string(),
+            seed,
+            ..ClientConfig::default()
+        },
+    )
+}
+
+/// The lines of stdin, read on a blocking thread.
+fn stdin_lines() -> futures::channel::mpsc::Receiver<std::io::Result<String>> {
+    let (mut tx, rx) = futures::channel::mpsc::channel(1024);
+    tokio::task::spawn_blocking(move || {
+        for line in std::io::stdin().lines() {
+            if futures::executor::block_on(futures::SinkExt::send(&mut tx, line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Logs go to stderr (stdout carries `consume`'s records), at `default` unless RUST_LOG
+/// says otherwise.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(match cli.command {
+        Command::Dev { .. } | Command::Broker { .. } => "info",
+        _ => "warn",
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -95,6 +164,26 @@ fn main() -> anyhow::Result<()> {
                 server::wait_for_signal().await;
                 node.shutdown(Duration::from_secs(10)).await;
                 Ok(())
+            }
+            Command::Topic { command, connect } => {
+                fjord::cli::topic(&client(connect), command, &mut std::io::stdout()).await
+            }
+            Command::Produce { args, connect } => {
+                let summary = fjord::cli::produce(
+                    &client(connect),
+                    &args,
+                    stdin_lines(),
+                    &mut std::io::stderr(),
+                )
+                .await?;
+                anyhow::ensure!(summary.failed == 0, "{} record(s) not sent", summary.failed);
+                Ok(())
+            }
+            Command::Consume { args, connect } => {
+                let stop = server::wait_for_signal();
+                fjord::cli::consume(&client(connect), &args, &mut std::io::stdout(), stop)
+                    .await
+                    .map(|_| ())
             }
         }
     })

@@ -1,8 +1,9 @@
-//! fjord's Kafka client: cluster view ([`Client`]), [`Producer`], and the connection layer
-//! they share. Runtime-agnostic: it only uses `futures` and the [`Connector`],
+//! fjord's Kafka client: cluster view ([`Client`]), [`Producer`], [`Consumer`], [`Admin`],
+//! and the connection layer they share. Runtime-agnostic: it only uses `futures` and the [`Connector`],
 //! [`fjord_replication::Clock`] and [`fjord_replication::Spawner`] traits, so the same code
 //! runs in the CLI (Tokio, TCP) and as the simulator's workload.
 
+pub mod admin;
 mod backoff;
 pub mod cluster;
 pub mod conn;
@@ -15,8 +16,10 @@ pub mod producer;
 #[cfg(test)]
 pub(crate) mod testkit;
 
+pub use admin::{Admin, AlterConfigOp, ClusterDescription, ConfigEntry, ConfigResource, NewTopic};
 pub use cluster::{Client, ClientConfig};
 pub use conn::{ClientError, ClientOptions, Connector, KafkaConnection};
+pub use consumer::{AssignorKind, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 pub use error::{Error, ResponseError};
 pub use metadata::{BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo, TopicPartition};
 pub use producer::{

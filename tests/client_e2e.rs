@@ -400,3 +400,149 @@ async fn cli_commands_produce_and_consume_lines() {
     .await;
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Polls `consumer` until it has `n` records; returns their values.
+async fn poll_values(consumer: &mut Consumer, n: usize) -> Vec<String> {
+    let mut values = Vec::new();
+    while values.len() < n {
+        for r in consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .expect("poll")
+        {
+            values.push(String::from_utf8(r.value.expect("value").to_vec()).expect("utf8"));
+        }
+    }
+    values
+}
+
+fn group_config(group: &str, assignors: Vec<fjord::client::AssignorKind>) -> ConsumerConfig {
+    ConsumerConfig {
+        group_id: Some(group.to_string()),
+        auto_offset_reset: OffsetReset::Earliest,
+        heartbeat_interval: Duration::from_millis(300),
+        session_timeout: Duration::from_secs(10),
+        assignors,
+        ..ConsumerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_rebalances_between_two_members_and_back() {
+    use fjord::client::AssignorKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = broker(dir.path()).await;
+    let client_a = client(&node).await;
+    let client_b = client(&node).await;
+    bounded(async {
+        create_topic(&client_a, "shared", 4).await;
+        for assignors in [
+            vec![AssignorKind::Range],
+            vec![AssignorKind::CooperativeSticky],
+        ] {
+            let group = format!("g-{}", assignors[0].name());
+            let mut a =
+                Consumer::new(&client_a, group_config(&group, assignors.clone())).expect("a");
+            let mut b = Consumer::new(&client_b, group_config(&group, assignors)).expect("b");
+            a.subscribe(["shared"]).expect("subscribe");
+            b.subscribe(["shared"]).expect("subscribe");
+            while a.assignment().len() != 4 {
+                a.poll(Duration::from_millis(200)).await.expect("a");
+            }
+            // b joins: both poll (as two processes would) until the partitions are split.
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let state = std::sync::Mutex::new((a.assignment(), b.assignment()));
+            let run_a = async {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    a.poll(Duration::from_millis(200)).await.expect("a polls");
+                    let mut st = state.lock().unwrap();
+                    st.0 = a.assignment();
+                    assert!(st.0.is_disjoint(&st.1), "a partition owned twice: {st:?}");
+                }
+            };
+            let run_b = async {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    b.poll(Duration::from_millis(200)).await.expect("b polls");
+                    let mut st = state.lock().unwrap();
+                    st.1 = b.assignment();
+                    if st.0.len() == 2 && st.1.len() == 2 && st.0.is_disjoint(&st.1) {
+                        done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            };
+            futures::join!(run_a, run_b);
+            let (ga, _) = a.membership().expect("a joined");
+            let (gb, _) = b.membership().expect("b joined");
+            assert_eq!(ga, gb, "same generation");
+            // b leaves; a gets everything back.
+            b.close().await.expect("b leaves");
+            while a.assignment().len() != 4 {
+                a.poll(Duration::from_millis(200)).await.expect("a");
+            }
+            a.close().await.expect("a leaves");
+        }
+    })
+    .await;
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_are_resumed_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = broker(dir.path()).await;
+    let client = client(&node).await;
+    bounded(async {
+        create_topic(&client, "resume", 2).await;
+        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+        let send_all = |range: std::ops::Range<usize>| {
+            let sends: Vec<_> = range
+                .map(|i| producer.send(ProducerRecord::new("resume", format!("r{i}"))))
+                .collect();
+            futures::future::join_all(sends)
+        };
+        for r in send_all(0..40).await {
+            r.expect("sent");
+        }
+        let config = ConsumerConfig {
+            enable_auto_commit: false,
+            ..group_config("resumer", vec![fjord::client::AssignorKind::Range])
+        };
+        let mut first = Consumer::new(&client, config.clone()).expect("consumer");
+        first.subscribe(["resume"]).expect("subscribe");
+        let mut seen = poll_values(&mut first, 40).await;
+        first.commit_sync().await.expect("commit");
+        first.close().await.expect("close");
+
+        for r in send_all(40..60).await {
+            r.expect("sent");
+        }
+        let mut second = Consumer::new(&client, config).expect("consumer");
+        second.subscribe(["resume"]).expect("subscribe");
+        let rest = poll_values(&mut second, 20).await;
+        let committed = second
+            .committed(&[
+                TopicPartition::new("resume", 0),
+                TopicPartition::new("resume", 1),
+            ])
+            .await
+            .expect("committed");
+        let total: i64 = committed.values().map(|o| o.expect("committed")).sum();
+        assert!(total >= 40, "{committed:?}");
+        seen.extend(rest);
+        seen.sort();
+        let mut expected: Vec<String> = (0..60).map(|i| format!("r{i}")).collect();
+        expected.sort();
+        assert_eq!(
+            seen, expected,
+            "the restarted member resumed where the first committed"
+        );
+        assert!(second
+            .poll(Duration::from_millis(300))
+            .await
+            .expect("poll")
+            .is_empty());
+        second.close().await.expect("close");
+    })
+    .await;
+    node.shutdown(Duration::from_secs(5)).await;
+}

@@ -53,6 +53,7 @@ async fn broker(dir: &std::path::Path) -> RunningNode {
             ..ClusterDefaults::default()
         },
         auto_create_topics: true,
+        leader_balance_interval: Duration::from_secs(30),
         seed: 1,
     };
     start_node(spec).await.expect("broker starts")

@@ -60,6 +60,7 @@ async fn cluster(n: u32, dir: &std::path::Path) -> Vec<RunningNode> {
             auto_create_topics: true,
             seed: u64::from(id),
             leader_balance_interval: Duration::from_secs(1),
+            log_maintenance_interval: Duration::from_millis(200),
         };
         nodes.push(start_node(spec).await.expect("start"));
     }
@@ -77,6 +78,86 @@ async fn connect(addr: SocketAddr) -> KafkaConnection {
     )
     .await
     .expect("connect")
+}
+
+fn keyed_batch(pairs: &[(&str, Option<&str>)], timestamp_ms: i64) -> Bytes {
+    let records: Vec<_> = pairs
+        .iter()
+        .map(|(k, v)| fjord_log::RecordSpec {
+            key: Some(Bytes::from(k.to_string())),
+            value: v.map(|v| Bytes::from(v.to_string())),
+            headers: Vec::new(),
+            timestamp_ms,
+        })
+        .collect();
+    fjord_log::build_batch(&records, &Default::default()).expect("batch")
+}
+
+async fn create_topic(
+    conn: &KafkaConnection,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let mut t = CreatableTopic::default();
+    t.name = topic_name(name);
+    t.num_partitions = partitions;
+    t.replication_factor = -1;
+    t.configs = configs
+        .iter()
+        .map(|(k, v)| {
+            let mut c = CreatableTopicConfig::default();
+            c.name = StrBytes::from_string(k.to_string());
+            c.value = Some(StrBytes::from_string(v.to_string()));
+            c
+        })
+        .collect();
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 5000;
+    eventually("topic created", || async {
+        let resp = conn.call(req.clone()).await.ok()?;
+        let code = resp.topics[0].error_code;
+        assert!(
+            code == 0 || code == 36 || code == 41 || code == 38,
+            "create failed: {code}"
+        );
+        (code == 0 || code == 36).then_some(())
+    })
+    .await;
+    eventually("leader", || leader_of(conn, name)).await;
+}
+
+/// Every record of a partition as `(offset, key, value)`.
+async fn read_all(conn: &KafkaConnection, topic: &str) -> Vec<(i64, String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (err, hw, records) = fetch(conn, topic, offset).await;
+        assert_eq!(err, 0);
+        if records.is_empty() {
+            if offset >= hw {
+                return out;
+            }
+            offset += 1;
+            continue;
+        }
+        for item in fjord_log::BatchIter::new(&records) {
+            let (h, b) = item.expect("batch");
+            offset = offset.max(h.next_offset() as i64);
+            if h.is_control() {
+                continue;
+            }
+            for r in fjord_log::decode_records(b).expect("records") {
+                out.push((
+                    r.offset as i64,
+                    String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).to_string(),
+                    r.value.map(|v| String::from_utf8_lossy(&v).to_string()),
+                ));
+            }
+        }
+    }
 }
 
 fn batch(values: &[&str]) -> Bytes {
@@ -305,6 +386,125 @@ async fn leaders_move_to_their_preferred_replicas() {
         3,
         "leaders spread over the brokers: {leaders:?}"
     );
+    for n in nodes {
+        n.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_segments_and_compaction_keeps_the_latest_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(1, dir.path()).await;
+    let conn = connect(nodes[0].kafka.local_addr()).await;
+    // Retention by time: records a day old, small segments.
+    create_topic(
+        &conn,
+        "old",
+        1,
+        &[("retention.ms", "3600000"), ("segment.bytes", "1024")],
+    )
+    .await;
+    let day_ago = 1_700_000_000_000i64;
+    for i in 0..30 {
+        let (err, _) = produce(
+            &conn,
+            "old",
+            -1,
+            keyed_batch(
+                &[(
+                    "k",
+                    Some(&format!("old-{i:02}-..............................")),
+                )],
+                day_ago,
+            ),
+        )
+        .await;
+        assert_eq!(err, 0);
+    }
+    let earliest = eventually("retention", || async {
+        let mut p = ListOffsetsPartition::default();
+        p.partition_index = 0;
+        p.timestamp = -2;
+        p.current_leader_epoch = -1;
+        let mut t = ListOffsetsTopic::default();
+        t.name = topic_name("old");
+        t.partitions = vec![p];
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let resp = conn.call(req).await.ok()?;
+        let start = resp.topics[0].partitions[0].offset;
+        (start > 0).then_some(start)
+    })
+    .await;
+    assert!(
+        earliest > 10,
+        "old closed segments were deleted (log start {earliest})"
+    );
+    // Compaction: only the latest value per key survives in closed segments; tombstones go.
+    create_topic(
+        &conn,
+        "compacted",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "1024"),
+            ("delete.retention.ms", "0"),
+        ],
+    )
+    .await;
+    let now_ish = 4_000_000_000_000i64;
+    for round in 0..10 {
+        for key in ["a", "b", "c"] {
+            let value = format!("{key}-{round}-..................");
+            let (err, _) = produce(
+                &conn,
+                "compacted",
+                -1,
+                keyed_batch(&[(key, Some(&value))], now_ish),
+            )
+            .await;
+            assert_eq!(err, 0);
+        }
+    }
+    let (err, _) = produce(&conn, "compacted", -1, keyed_batch(&[("c", None)], now_ish)).await;
+    assert_eq!(err, 0);
+    // Pad so that every record above lands in closed segments.
+    for i in 0..20 {
+        let (err, _) = produce(
+            &conn,
+            "compacted",
+            -1,
+            keyed_batch(
+                &[("pad", Some(&format!("pad-{i}-.........................")))],
+                now_ish,
+            ),
+        )
+        .await;
+        assert_eq!(err, 0);
+    }
+    let records = eventually("compaction", || async {
+        let all = read_all(&conn, "compacted").await;
+        let a = all.iter().filter(|r| r.1 == "a").count();
+        (a == 1).then_some(all)
+    })
+    .await;
+    let latest = |k: &str| {
+        records
+            .iter()
+            .filter(|r| r.1 == k)
+            .map(|r| r.2.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(latest("a"), [Some("a-9-..................".to_string())]);
+    assert_eq!(latest("b"), [Some("b-9-..................".to_string())]);
+    assert!(
+        latest("c").iter().all(|v| v.is_none()),
+        "c is deleted: {:?}",
+        latest("c")
+    );
+    // Offsets are kept (gaps are fine) and increase.
+    assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
     for n in nodes {
         n.shutdown(Duration::from_secs(2)).await;
     }

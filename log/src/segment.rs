@@ -204,12 +204,13 @@ impl Segment {
 
     /// Updates offsets, timestamps and indexes for a batch at `position`.
     fn note_batch(&mut self, header: &BatchHeader, position: u64, index_interval_bytes: u64) {
+        let timestamp = data_timestamp(header);
         let rel = u32::try_from(header.base_offset - self.base_offset).expect("checked by caller");
         let pos = u32::try_from(position).expect("segment positions fit in u32");
         if self.index.is_empty() || self.bytes_since_index >= index_interval_bytes {
             self.index.push((rel, pos));
             self.bytes_since_index = 0;
-            let max_so_far = self.max_timestamp.max(header.max_timestamp);
+            let max_so_far = self.max_timestamp.max(timestamp);
             if self
                 .time_index
                 .last()
@@ -220,8 +221,10 @@ impl Segment {
         }
         self.bytes_since_index += header.total_size() as u64;
         self.next_offset = header.next_offset();
-        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
-        self.first_timestamp.get_or_insert(header.max_timestamp);
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        if timestamp != i64::MIN {
+            self.first_timestamp.get_or_insert(timestamp);
+        }
     }
 
     fn reset_indexes(&mut self) {
@@ -420,7 +423,7 @@ impl Segment {
                 Ok(h) => h,
                 Err(e) => return Ok(Err(e)),
             };
-            if header.max_timestamp >= timestamp_ms && header.last_offset() >= from_offset {
+            if data_timestamp(&header) >= timestamp_ms && header.last_offset() >= from_offset {
                 return Ok(Ok(Some(Located { position, header })));
             }
             position += header.total_size() as u64;
@@ -459,7 +462,7 @@ impl Segment {
                 Ok(h) => h,
                 Err(e) => return Ok(Err(e)),
             };
-            self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+            self.max_timestamp = self.max_timestamp.max(data_timestamp(&header));
             self.next_offset = header.next_offset();
             self.bytes_since_index += header.total_size() as u64;
             walk += header.total_size() as u64;
@@ -644,4 +647,15 @@ fn read_checked(
     }
     buf.truncate(len - 4);
     Ok(Some(buf))
+}
+
+/// The timestamp a batch contributes to its segment's time bounds: control batches (Raft
+/// no-ops, markers) carry the time they were written, not data time, and must neither keep
+/// an old segment from expiring nor appear in the time index.
+fn data_timestamp(header: &BatchHeader) -> i64 {
+    if header.is_control() {
+        i64::MIN
+    } else {
+        header.max_timestamp
+    }
 }

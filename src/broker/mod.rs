@@ -79,6 +79,8 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// How often leaders move partitions back to their preferred replica (0: never).
     pub leader_balance_interval: Duration,
+    /// How often retention and compaction run over the local partitions.
+    pub log_maintenance_interval: Duration,
     pub bugs: BrokerBugs,
 }
 
@@ -100,6 +102,7 @@ impl BrokerConfig {
             cluster_id: None,
             auto_create_topics: true,
             leader_balance_interval: Duration::from_secs(30),
+            log_maintenance_interval: Duration::from_secs(5),
             bugs: BrokerBugs::default(),
         }
     }

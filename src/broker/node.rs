@@ -40,8 +40,6 @@ const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 const CONTROLLER_RPC_TIMEOUT_MS: u64 = 10_000;
 /// Metadata log entries between two snapshots of the image.
 const METADATA_SNAPSHOT_INTERVAL_OFFSETS: u64 = 10_000;
-/// Retention and compaction run this often.
-const LOG_MAINTENANCE_INTERVAL_MS: u64 = 5_000;
 /// Producer ids a broker takes from the controller at once.
 const PRODUCER_ID_BLOCK_SIZE: u32 = 1_000;
 
@@ -411,7 +409,7 @@ impl Node {
             self.gossip_leaders(None);
         }
         if now >= self.next_maintenance_ms {
-            self.next_maintenance_ms = now + LOG_MAINTENANCE_INTERVAL_MS;
+            self.next_maintenance_ms = now + self.cfg.log_maintenance_interval.as_millis() as u64;
             self.maintain_logs();
         }
         // Kafka's auto.leader.rebalance (leader.imbalance.check.interval).
@@ -454,8 +452,14 @@ impl Node {
             };
             let commit = raft.commit_end();
             let log = raft.log_mut().log_mut();
-            if let Err(e) = log.enforce_retention(now, commit) {
-                tracing::warn!(group = %g, "retention failed: {e}");
+            match log.enforce_retention(now, commit) {
+                Ok(stats) if stats.segments_deleted > 0 => {
+                    tracing::debug!(group = %g, ?stats, "retention");
+                }
+                Ok(_) => {
+                    tracing::trace!(group = %g, segments = log.segment_count(), config = ?log.config(), commit, "retention: nothing to delete")
+                }
+                Err(e) => tracing::warn!(group = %g, "retention failed: {e}"),
             }
             if let Err(e) = log.compact(now, commit) {
                 tracing::warn!(group = %g, "compaction failed: {e}");
@@ -807,7 +811,17 @@ impl Node {
             }
             Responder::Internal(what) => match result {
                 Ok(reply) => self.on_internal_reply(what, reply),
-                Err(e) => tracing::debug!(node = %self.id(), what, code = e.code, "{}", e.message),
+                Err(e) => {
+                    tracing::debug!(node = %self.id(), what, code = e.code, "{}", e.message);
+                    if what == "producer-ids" {
+                        // InitProducerId is retriable: the clients ask again.
+                        self.producer_id_request_pending = false;
+                        let code = ResponseError::CoordinatorNotAvailable.code();
+                        for reply in std::mem::take(&mut self.producer_id_waiters) {
+                            let _ = reply.send(Some(api::init_producer_id_response(-1, -1, code)));
+                        }
+                    }
+                }
             },
         }
     }

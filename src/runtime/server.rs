@@ -39,6 +39,8 @@ pub struct NodeSpec {
     pub seed: u64,
     /// How often leaders move partitions back to their preferred replica.
     pub leader_balance_interval: Duration,
+    /// How often retention and compaction run.
+    pub log_maintenance_interval: Duration,
 }
 
 /// A node started by [`start_node`].
@@ -91,6 +93,7 @@ pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
     cfg.defaults = spec.defaults.clone();
     cfg.auto_create_topics = spec.auto_create_topics;
     cfg.leader_balance_interval = spec.leader_balance_interval;
+    cfg.log_maintenance_interval = spec.log_maintenance_interval;
     let io = BrokerIo {
         clock,
         network: Arc::clone(&network) as Arc<dyn Network>,
@@ -189,6 +192,7 @@ pub async fn start_dev(opts: &DevOptions) -> anyhow::Result<Vec<RunningNode>> {
             auto_create_topics: opts.auto_create_topics,
             seed: seed_from_clock(id),
             leader_balance_interval: Duration::from_secs(30),
+            log_maintenance_interval: Duration::from_secs(5),
         };
         nodes.push(start_node(spec).await?);
     }
@@ -279,6 +283,7 @@ impl BrokerFile {
             auto_create_topics: self.auto_create_topics,
             seed: seed_from_clock(self.node_id),
             leader_balance_interval: Duration::from_secs(30),
+            log_maintenance_interval: Duration::from_secs(5),
         })
     }
 }

@@ -54,6 +54,7 @@ async fn broker(dir: &std::path::Path) -> RunningNode {
         },
         auto_create_topics: true,
         leader_balance_interval: Duration::from_secs(30),
+        log_maintenance_interval: Duration::from_secs(5),
         seed: 1,
     };
     start_node(spec).await.expect("broker starts")

@@ -357,6 +357,7 @@ async fn cli_commands_produce_and_consume_lines() {
             timeout_ms: Some(20_000),
             print_key: true,
             verbose: false,
+            assignors: Vec::new(),
         };
         let mut out = Vec::new();
         let printed = cli::consume(&client, &args, &mut out, futures::future::pending())

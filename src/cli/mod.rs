@@ -13,9 +13,9 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt};
 
 use crate::client::{
-    Acks, Admin, AlterConfigOp, Client, ConfigResource, Consumer, ConsumerConfig, ConsumerRecord,
-    NewTopic, OffsetReset, ProduceError, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
-    TopicPartition,
+    Acks, Admin, AlterConfigOp, AssignorKind, Client, ConfigResource, Consumer, ConsumerConfig,
+    ConsumerRecord, NewTopic, OffsetReset, ProduceError, Producer, ProducerConfig, ProducerRecord,
+    RecordMetadata, TopicPartition,
 };
 
 /// Records `produce` keeps in flight before waiting for the oldest.
@@ -160,6 +160,14 @@ pub struct ConsumeArgs {
     /// Print partition and offset before each record.
     #[arg(long)]
     pub verbose: bool,
+    /// Partition assignor for --group, in order of preference (repeatable): range,
+    /// roundrobin, cooperative-sticky. Default: range, cooperative-sticky (as Kafka).
+    #[arg(long = "assignor", value_parser = parse_assignor)]
+    pub assignors: Vec<AssignorKind>,
+}
+
+fn parse_assignor(s: &str) -> Result<AssignorKind, String> {
+    AssignorKind::from_name(s).ok_or_else(|| format!("unknown assignor {s:?}"))
 }
 
 fn lossy(bytes: &Option<bytes::Bytes>) -> String {
@@ -433,6 +441,11 @@ where
             OffsetReset::Earliest
         } else {
             OffsetReset::Latest
+        },
+        assignors: if args.assignors.is_empty() {
+            ConsumerConfig::default().assignors
+        } else {
+            args.assignors.clone()
         },
         ..ConsumerConfig::default()
     };

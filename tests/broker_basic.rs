@@ -46,21 +46,12 @@ async fn cluster(n: u32, dir: &std::path::Path) -> Vec<RunningNode> {
     let mut nodes = Vec::new();
     for id in 1..=n {
         let spec = NodeSpec {
-            node_id: NodeId(id),
-            data_dir: dir.join(format!("n{id}")),
-            kafka_listen: "127.0.0.1:0".parse().unwrap(),
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 0,
-            rpc_listen: voters[&NodeId(id)],
-            rpc_advertised: None,
-            rack: None,
-            voters: voters.clone(),
             cluster_id: Some("test-cluster".into()),
             defaults: defaults.clone(),
-            auto_create_topics: true,
             seed: u64::from(id),
             leader_balance_interval: Duration::from_secs(1),
             log_maintenance_interval: Duration::from_millis(200),
+            ..NodeSpec::local(NodeId(id), dir.join(format!("n{id}")), voters.clone())
         };
         nodes.push(start_node(spec).await.expect("start"));
     }

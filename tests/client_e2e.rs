@@ -36,15 +36,6 @@ async fn broker(dir: &std::path::Path) -> RunningNode {
         .and_then(|l| l.local_addr())
         .expect("free port");
     let spec = NodeSpec {
-        node_id: NodeId(1),
-        data_dir: dir.join("n1"),
-        kafka_listen: "127.0.0.1:0".parse().expect("addr"),
-        advertised_host: "127.0.0.1".into(),
-        advertised_port: 0,
-        rpc_listen: rpc,
-        rpc_advertised: None,
-        rack: None,
-        voters: [(NodeId(1), rpc)].into_iter().collect(),
         cluster_id: Some("client-e2e".into()),
         defaults: ClusterDefaults {
             default_replication_factor: 1,
@@ -52,10 +43,12 @@ async fn broker(dir: &std::path::Path) -> RunningNode {
             offsets_topic_num_partitions: 3,
             ..ClusterDefaults::default()
         },
-        auto_create_topics: true,
-        leader_balance_interval: Duration::from_secs(30),
-        log_maintenance_interval: Duration::from_secs(5),
         seed: 1,
+        ..NodeSpec::local(
+            NodeId(1),
+            dir.join("n1"),
+            [(NodeId(1), rpc)].into_iter().collect(),
+        )
     };
     start_node(spec).await.expect("broker starts")
 }

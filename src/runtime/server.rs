@@ -43,6 +43,39 @@ pub struct NodeSpec {
     pub log_maintenance_interval: Duration,
 }
 
+impl NodeSpec {
+    /// A node of a cluster on this machine: Kafka on an ephemeral 127.0.0.1 port (advertised
+    /// as such), node-to-node traffic on its address in `voters` (or an ephemeral port), data
+    /// in `data_dir`, Kafka's defaults otherwise. Adjust fields with struct update syntax.
+    pub fn local(
+        node_id: NodeId,
+        data_dir: impl Into<PathBuf>,
+        voters: BTreeMap<NodeId, SocketAddr>,
+    ) -> NodeSpec {
+        let rpc_listen = voters
+            .get(&node_id)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        NodeSpec {
+            node_id,
+            data_dir: data_dir.into(),
+            kafka_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 0,
+            rpc_listen,
+            rpc_advertised: None,
+            rack: None,
+            voters,
+            cluster_id: None,
+            defaults: ClusterDefaults::default(),
+            auto_create_topics: true,
+            seed: seed_from_clock(node_id.0),
+            leader_balance_interval: Duration::from_secs(30),
+            log_maintenance_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// A node started by [`start_node`].
 pub struct RunningNode {
     pub id: NodeId,

@@ -208,7 +208,7 @@ impl Client {
         }
     }
 
-    /// Marks the cache stale: the next [`Client::refresh_metadata_if_needed`] refreshes it.
+    /// Marks the cache stale ([`Client::metadata_needs_refresh`] says so until a refresh).
     pub fn request_metadata_update(&self) {
         self.state().stale = true;
     }
@@ -225,15 +225,6 @@ impl Client {
                 self.inner.clock.now().saturating_duration_since(at)
                     >= self.inner.config.metadata_max_age
             }
-        }
-    }
-
-    /// Refreshes the cache if [`Client::metadata_needs_refresh`].
-    pub async fn refresh_metadata_if_needed(&self) -> Result<Arc<ClusterMetadata>, Error> {
-        if self.metadata_needs_refresh() {
-            self.refresh_metadata().await
-        } else {
-            Ok(self.metadata())
         }
     }
 
@@ -536,4 +527,64 @@ fn metadata_request(topics: Option<&[String]>, auto_create: bool) -> MetadataReq
     MetadataRequest::default()
         .with_topics(topics)
         .with_allow_auto_topic_creation(auto_create)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::client::testkit::{MiniCluster, StubNetwork, TestEnv};
+
+    #[test]
+    fn a_dead_bootstrap_server_is_skipped_and_connections_are_reused() {
+        let mut env = TestEnv::new();
+        let net = StubNetwork::new(&env);
+        let _cluster = MiniCluster::start(&net, &env.clock, &[(2, "b2:9092")], &[("t", 2)]);
+        let client = env.client(
+            &net,
+            ClientConfig {
+                bootstrap_servers: vec!["dead:9092".into(), "b2:9092".into()],
+                ..ClientConfig::default()
+            },
+        );
+        client.register_topics(["t"]);
+        assert!(client.metadata_needs_refresh());
+        let md = env.run(client.refresh_metadata()).expect("metadata via b2");
+        assert_eq!(md.leader("t", 1), Some(2));
+        assert!(!client.metadata_needs_refresh());
+        let connects = net.connects.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            client.request_metadata_update();
+            env.run(client.refresh_metadata()).expect("metadata");
+        }
+        assert_eq!(
+            net.connects.load(Ordering::SeqCst),
+            connects,
+            "the live connection is reused, the dead server not redialled"
+        );
+        // Metadata ages out.
+        let stale_at = env.now();
+        env.run(env.clock.sleep(ClientConfig::default().metadata_max_age));
+        assert!(client.metadata_needs_refresh());
+        assert!(env.now() > stale_at);
+    }
+
+    #[test]
+    fn no_reachable_broker_is_a_retriable_error() {
+        let mut env = TestEnv::new();
+        let net = StubNetwork::new(&env);
+        let client = env.client(
+            &net,
+            ClientConfig {
+                bootstrap_servers: vec!["dead:9092".into()],
+                ..ClientConfig::default()
+            },
+        );
+        let err = env
+            .run(client.refresh_metadata())
+            .expect_err("nothing to ask");
+        assert!(matches!(err, Error::NoBrokerAvailable(_)), "{err}");
+        assert!(err.is_retriable());
+    }
 }

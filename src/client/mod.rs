@@ -4,7 +4,7 @@
 //! runs in the CLI (Tokio, TCP) and as the simulator's workload.
 
 pub mod admin;
-mod backoff;
+pub mod backoff;
 pub mod cluster;
 pub mod conn;
 pub mod consumer;

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fjord_log::{BatchError, BatchIter};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -169,19 +168,20 @@ pub(crate) struct Buffered {
     pub(crate) next_offset: i64,
 }
 
-/// Bytes of records, for tests and the CLI.
-pub fn value_str(value: &Option<Bytes>) -> String {
-    value
-        .as_ref()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use bytes::Bytes;
     use fjord_log::{build_batch, BuildOptions, Compression, RecordSpec};
 
     use super::*;
+
+    /// A value as text ("" for none).
+    pub(crate) fn value_str(value: &Option<Bytes>) -> String {
+        value
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    }
 
     fn batch(base: u64, values: &[&str], compression: Compression) -> Bytes {
         let specs: Vec<RecordSpec> = values

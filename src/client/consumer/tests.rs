@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fjord_replication::Clock;
+
 use super::*;
 use crate::client::cluster::ClientConfig;
 use crate::client::producer::{Producer, ProducerConfig, ProducerRecord};
@@ -99,7 +101,7 @@ fn values(range: std::ops::Range<usize>) -> Vec<String> {
 fn strings(records: &[ConsumerRecord]) -> Vec<String> {
     records
         .iter()
-        .map(|r| fetcher::value_str(&r.value))
+        .map(|r| fetcher::tests::value_str(&r.value))
         .collect()
 }
 
@@ -308,4 +310,30 @@ fn cooperative_members_hand_over_partitions_incrementally() {
     let rebalances = s.cluster.state().groups["g"].rebalances;
     assert!(rebalances >= 3, "join, revoke, hand over: {rebalances}");
     assert_eq!(s.cluster.state().groups["g"].protocol, "cooperative-sticky");
+}
+
+#[test]
+fn a_member_that_stops_polling_leaves_the_group() {
+    let mut s = setup(&[("t", 2)]);
+    let client = s.client(1);
+    let mut c = Consumer::new(
+        &client,
+        ConsumerConfig {
+            max_poll_interval: Duration::from_secs(30),
+            ..config(Some("g"))
+        },
+    )
+    .expect("consumer");
+    c.subscribe(["t"]).expect("subscribe");
+    s.env.run(c.poll(Duration::from_secs(1))).expect("poll");
+    assert!(c.membership().is_some());
+    assert_eq!(s.cluster.state().groups["g"].members_count(), 1);
+    // No poll for longer than max_poll_interval: the heartbeat task leaves.
+    s.env.run(s.env.clock.sleep(Duration::from_secs(40)));
+    assert_eq!(s.cluster.state().groups["g"].members_count(), 0);
+    assert!(c.membership().is_none());
+    // The next poll rejoins.
+    s.env.run(c.poll(Duration::from_secs(1))).expect("poll");
+    assert_eq!(s.cluster.state().groups["g"].members_count(), 1);
+    assert_eq!(c.assignment().len(), 2);
 }

@@ -601,6 +601,10 @@ impl GroupHandle<'_> {
 }
 
 impl GroupStub {
+    pub(crate) fn members_count(&self) -> usize {
+        self.members.len()
+    }
+
     fn start_rebalance(&mut self) {
         if self.rebalancing && !self.awaiting_sync {
             return;

@@ -92,17 +92,48 @@ fn client(connect: ConnectArgs) -> Client {
     )
 }
 
-/// The lines of stdin, read on a blocking thread.
-fn stdin_lines() -> futures::channel::mpsc::Receiver<std::io::Result<String>> {
-    let (mut tx, rx) = futures::channel::mpsc::channel(1024);
+/// Lines of stdin read in one go at most (larger chunks mean fewer thread hand-overs).
+const STDIN_CHUNK_LINES_MAX: usize = 4096;
+
+/// The lines of stdin, read on a blocking thread and handed over in chunks: a chunk is sent
+/// when full or when no more input is buffered (so interactive input is not held back).
+fn stdin_lines() -> impl futures::Stream<Item = std::io::Result<String>> + Unpin {
+    use std::io::BufRead;
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Vec<std::io::Result<String>>>(16);
     tokio::task::spawn_blocking(move || {
-        for line in std::io::stdin().lines() {
-            if futures::executor::block_on(futures::SinkExt::send(&mut tx, line)).is_err() {
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
+        let mut chunk = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line);
+            let done = matches!(read, Ok(0) | Err(_));
+            match read {
+                Ok(0) => {}
+                Ok(_) => {
+                    if line.ends_with('\n') {
+                        line.pop();
+                        if line.ends_with('\r') {
+                            line.pop();
+                        }
+                    }
+                    chunk.push(Ok(line));
+                }
+                Err(e) => chunk.push(Err(e)),
+            }
+            if done || chunk.len() >= STDIN_CHUNK_LINES_MAX || reader.buffer().is_empty() {
+                let full = std::mem::take(&mut chunk);
+                if !full.is_empty()
+                    && futures::executor::block_on(futures::SinkExt::send(&mut tx, full)).is_err()
+                {
+                    return;
+                }
+            }
+            if done {
                 return;
             }
         }
     });
-    rx
+    futures::StreamExt::flat_map(rx, futures::stream::iter)
 }
 
 /// Logs go to stderr (stdout carries `consume`'s records), at `default` unless RUST_LOG

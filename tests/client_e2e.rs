@@ -333,6 +333,7 @@ async fn cli_commands_produce_and_consume_lines() {
             acks: Acks::All,
             compression: Compression::Gzip,
             linger_ms: 5,
+            batch_size: 16 * 1024,
             no_idempotence: false,
         };
         let mut err = Vec::new();

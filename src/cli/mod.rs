@@ -111,6 +111,9 @@ pub struct ProduceArgs {
     pub compression: Compression,
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// Bytes per partition batch (larger batches: higher throughput).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub batch_size: usize,
     /// Turn the idempotent producer off (it is on by default with acks=all).
     #[arg(long)]
     pub no_idempotence: bool,
@@ -342,6 +345,7 @@ where
         idempotence: args.acks == Acks::All && !args.no_idempotence,
         compression: args.compression,
         linger: Duration::from_millis(args.linger_ms),
+        batch_size_bytes: args.batch_size,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;

@@ -1,5 +1,6 @@
 //! The `fjord` command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use fjord::cli::{ConnectArgs, ConsumeArgs, ProduceArgs, TopicCommand};
 use fjord::client::{Client, ClientConfig};
+use fjord::runtime::bench::{self, BenchOptions};
 use fjord::runtime::server::{self, BrokerFile, DevOptions};
 use fjord::runtime::{TcpConnector, TokioClock, TokioSpawner};
 
@@ -40,12 +42,19 @@ enum Command {
         /// Do not create topics on first use.
         #[arg(long)]
         no_auto_create_topics: bool,
+        /// Prometheus endpoint for every broker (GET /metrics), or "off".
+        #[arg(long, default_value = "127.0.0.1:9644", value_parser = parse_metrics_addr)]
+        metrics_addr: MetricsAddr,
     },
     /// Run one broker of a multi-process cluster.
     Broker {
         /// TOML configuration (see config/cluster/).
         #[arg(long)]
         config: PathBuf,
+        /// Prometheus endpoint (GET /metrics), or "off"; overrides `metrics_listen` of the
+        /// configuration file (default: off).
+        #[arg(long, value_parser = parse_metrics_addr)]
+        metrics_addr: Option<MetricsAddr>,
     },
     /// Create, list, describe, alter or delete topics.
     Topic {
@@ -68,6 +77,49 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Measure produce/consume throughput and latency against in-process brokers.
+    Bench {
+        /// Records produced and consumed by each peak run.
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        /// Partitions of the benchmark topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// The producer's batch.size in KiB.
+        #[arg(long, default_value_t = 256)]
+        batch_kib: usize,
+        /// The producer's linger.ms.
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
+        /// Seconds of the half-of-peak run (3 brokers).
+        #[arg(long, default_value_t = 10.0)]
+        half_rate_seconds: f64,
+        /// Seconds of each raw write+fdatasync loop.
+        #[arg(long, default_value_t = 3.0)]
+        raw_seconds: f64,
+        /// Directory for the brokers' data (a temporary directory inside it; default: .).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Only the single-broker acks=1 scenario.
+        #[arg(long, conflicts_with = "only_cluster")]
+        only_single: bool,
+        /// Only the 3-broker acks=all scenario.
+        #[arg(long)]
+        only_cluster: bool,
+    },
+}
+
+/// `--metrics-addr`: an address, or "off".
+#[derive(Clone, Copy, Debug)]
+struct MetricsAddr(Option<SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|e| format!("{e} (expected host:port or \"off\")"))
 }
 
 /// A client over TCP on the current Tokio runtime.
@@ -165,6 +217,7 @@ fn main() -> anyhow::Result<()> {
                 host,
                 partitions,
                 no_auto_create_topics,
+                metrics_addr,
             } => {
                 let opts = DevOptions {
                     brokers,
@@ -173,10 +226,14 @@ fn main() -> anyhow::Result<()> {
                     host,
                     auto_create_topics: !no_auto_create_topics,
                     default_partitions: partitions,
+                    metrics_listen: metrics_addr.0,
                 };
                 let nodes = server::start_dev(&opts).await?;
                 for n in &nodes {
                     println!("broker {} listening on {}", n.id, n.kafka.local_addr());
+                }
+                if let Some(m) = nodes.iter().find_map(|n| n.metrics.as_ref()) {
+                    println!("metrics on http://{}/metrics", m.local_addr());
                 }
                 server::wait_for_signal().await;
                 for n in nodes {
@@ -184,14 +241,23 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Broker { config } => {
-                let spec = BrokerFile::load(&config)?.spec()?;
+            Command::Broker {
+                config,
+                metrics_addr,
+            } => {
+                let mut spec = BrokerFile::load(&config)?.spec()?;
+                if let Some(MetricsAddr(addr)) = metrics_addr {
+                    spec.metrics_listen = addr;
+                }
                 let node = server::start_node(spec).await?;
                 println!(
                     "broker {} listening on {}",
                     node.id,
                     node.kafka.local_addr()
                 );
+                if let Some(m) = &node.metrics {
+                    println!("metrics on http://{}/metrics", m.local_addr());
+                }
                 server::wait_for_signal().await;
                 node.shutdown(Duration::from_secs(10)).await;
                 Ok(())
@@ -215,6 +281,30 @@ fn main() -> anyhow::Result<()> {
                 fjord::cli::consume(&client(connect), &args, &mut std::io::stdout(), stop)
                     .await
                     .map(|_| ())
+            }
+            Command::Bench {
+                records,
+                partitions,
+                batch_kib,
+                linger_ms,
+                half_rate_seconds,
+                raw_seconds,
+                dir,
+                only_single,
+                only_cluster,
+            } => {
+                let opts = BenchOptions {
+                    records,
+                    partitions,
+                    batch_size_bytes: batch_kib * 1024,
+                    linger: Duration::from_millis(linger_ms),
+                    half_rate_duration: Duration::from_secs_f64(half_rate_seconds.max(0.1)),
+                    raw_duration: Duration::from_secs_f64(raw_seconds.max(0.1)),
+                    dir,
+                    single: !only_cluster,
+                    cluster: !only_single,
+                };
+                bench::run(&opts).await.map(|_| ())
             }
         }
     })

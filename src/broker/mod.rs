@@ -9,13 +9,14 @@
 //! deterministic given its inputs, and it touches the world only through the IO traits, so
 //! the same broker runs over Tokio/TCP/files in production and inside the simulator.
 
+pub mod metrics;
 mod node;
 pub mod producer_state;
 pub mod rpc;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fjord_log::Disk;
@@ -30,6 +31,8 @@ use crate::kafka::codec::DecodedRequest;
 use crate::kafka::server::{RequestContext, RequestHandler};
 
 pub use node::BrokerStatus;
+
+use metrics::{BrokerMetrics, NodeMetrics, RequestMetrics, RequestSize};
 
 /// What a broker needs from the world.
 #[derive(Clone)]
@@ -130,8 +133,13 @@ pub(crate) enum Command {
     Status {
         reply: oneshot::Sender<BrokerStatus>,
     },
+    Metrics {
+        reply: oneshot::Sender<NodeMetrics>,
+    },
     /// Hand leaderships to other replicas, sync, and stop.
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A handle to a running broker: serves Kafka requests (as a [`RequestHandler`]) and
@@ -140,6 +148,9 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct BrokerHandle {
     tx: mpsc::UnboundedSender<Command>,
+    /// The broker's clock: request latencies are measured on it.
+    clock: Arc<dyn Clock>,
+    requests: Arc<Mutex<RequestMetrics>>,
 }
 
 impl BrokerHandle {
@@ -148,6 +159,19 @@ impl BrokerHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.unbounded_send(Command::Status { reply }).ok()?;
         rx.await.ok()
+    }
+
+    /// Request counters and a snapshot of the broker's state, for Prometheus.
+    pub async fn metrics(&self) -> Option<BrokerMetrics> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.unbounded_send(Command::Metrics { reply }).ok()?;
+        let node = rx.await.ok()?;
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some(BrokerMetrics { node, requests })
     }
 
     /// Graceful shutdown: leaderships are transferred away first.
@@ -165,17 +189,27 @@ impl RequestHandler for BrokerHandle {
         ctx: RequestContext,
         request: DecodedRequest,
     ) -> BoxFuture<'static, Option<ResponseKind>> {
+        let start = self.clock.now();
+        let api_key = request.header.request_api_key;
+        let size = RequestSize::of(&request.body);
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.unbounded_send(Command::Kafka {
             ctx: Box::new(ctx),
             request: Box::new(request),
             reply,
         });
+        let (clock, requests) = (Arc::clone(&self.clock), Arc::clone(&self.requests));
         async move {
             if sent.is_err() {
                 return None;
             }
-            rx.await.ok().flatten()
+            let response = rx.await.ok().flatten();
+            let latency = metrics::since(clock.as_ref(), start);
+            requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(api_key, size, response.as_ref(), latency);
+            response
         }
         .boxed()
     }
@@ -189,6 +223,12 @@ pub fn start(
     config: BrokerConfig,
 ) -> Result<(BrokerHandle, BoxFuture<'static, Result<(), BrokerError>>), BrokerError> {
     let (tx, rx) = mpsc::unbounded();
+    let clock = Arc::clone(&io.clock);
     let node = node::Node::open(io, config)?;
-    Ok((BrokerHandle { tx }, node.run(rx).boxed()))
+    let handle = BrokerHandle {
+        tx,
+        clock,
+        requests: Arc::default(),
+    };
+    Ok((handle, node.run(rx).boxed()))
 }

@@ -15,6 +15,7 @@ use kafka_protocol::ResponseError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::metrics::RaftCounters;
 use super::producer_state::ProducerStateTable;
 use super::rpc::{raft_frames, ApiFailure, ControllerOp, ControllerReply, LeaderInfo, NodeMessage};
 use super::{BrokerConfig, BrokerError, BrokerIo, Command};
@@ -26,6 +27,7 @@ use crate::controller::{
 mod api;
 mod fetch;
 mod groups;
+mod observe;
 mod produce;
 
 /// Inputs one round takes before doing its IO.
@@ -155,6 +157,7 @@ pub(crate) struct Node {
     /// A local log served corrupt data: the node stops (its log is verified at restart).
     pub(super) fatal: Option<String>,
     pub(super) coordinators: groups::Coordinators,
+    raft_counters: RaftCounters,
 }
 
 impl Node {
@@ -202,6 +205,7 @@ impl Node {
             commits_advanced: false,
             fatal: None,
             coordinators: groups::Coordinators::default(),
+            raft_counters: RaftCounters::default(),
         };
         node.load_metadata_snapshot()?;
         node.apply_metadata()?;
@@ -365,6 +369,9 @@ impl Node {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.node_metrics());
+            }
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -503,6 +510,7 @@ impl Node {
             match e {
                 GroupEvent::Committed { .. } => self.commits_advanced = true,
                 GroupEvent::StatusChanged { group, status } => {
+                    self.raft_counters.observe(group, &status);
                     if let Some(leader) = status.leader {
                         self.learn_leader(LeaderInfo {
                             group,
@@ -723,6 +731,7 @@ impl Node {
             if !wanted.contains_key(&g) {
                 tracing::info!(node = %me, group = %g, "removing partition replica");
                 self.multi.remove_group(g)?;
+                self.raft_counters.forget(g);
                 self.partitions.remove(&g);
                 self.leaders.remove(&g);
             }

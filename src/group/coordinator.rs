@@ -278,6 +278,16 @@ impl GroupCoordinator {
         matches!(self.phase, Phase::Active)
     }
 
+    /// Every committed (durable) offset held: `(group, topic, partition, offset)`, ordered
+    /// by group, topic and partition. For metrics (consumer lag).
+    pub fn committed_offsets(&self) -> impl Iterator<Item = (&str, &str, i32, i64)> + '_ {
+        self.groups.iter().flat_map(|(id, g)| {
+            g.offsets
+                .iter()
+                .map(move |((topic, p), v)| (id.as_str(), topic.as_str(), *p, v.offset))
+        })
+    }
+
     /// Replays committed batches of the partition, in log order (any number of calls).
     /// Control batches are skipped; a null value deletes its key.
     ///

@@ -1,8 +1,10 @@
 //! Production implementations of the IO traits: the only module that uses Tokio, real time
 //! and real threads.
 
+pub mod bench;
 mod clock;
 mod kafka;
+pub mod metrics;
 mod network;
 
 pub mod server;

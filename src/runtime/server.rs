@@ -13,6 +13,7 @@ use fjord_replication::{Clock, Network, NodeId, Spawner};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
+use super::metrics::{serve_metrics, MetricsServerHandle};
 use super::{serve_kafka, KafkaServerHandle, TcpNetwork, TokioClock, TokioSpawner};
 use crate::broker::{self, BrokerConfig, BrokerHandle, BrokerIo};
 use crate::controller::ClusterDefaults;
@@ -41,6 +42,8 @@ pub struct NodeSpec {
     pub leader_balance_interval: Duration,
     /// How often retention and compaction run.
     pub log_maintenance_interval: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeSpec {
@@ -72,6 +75,7 @@ impl NodeSpec {
             seed: seed_from_clock(node_id.0),
             leader_balance_interval: Duration::from_secs(30),
             log_maintenance_interval: Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }
@@ -83,6 +87,9 @@ pub struct RunningNode {
     pub kafka: KafkaServerHandle,
     pub network: Arc<TcpNetwork>,
     pub task: JoinHandle<Result<(), broker::BrokerError>>,
+    /// The metrics listener this node started (for `fjord dev`: the first node keeps the
+    /// one endpoint that serves every node).
+    pub metrics: Option<MetricsServerHandle>,
 }
 
 impl RunningNode {
@@ -149,6 +156,14 @@ pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
         ConnectionLimits::default(),
     )
     .await?;
+    let metrics = match spec.metrics_listen {
+        Some(addr) => Some(
+            serve_metrics(addr, vec![handle.clone()])
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(node = %id, kafka = %kafka.local_addr(), rpc = %rpc_addr, "broker started");
     Ok(RunningNode {
         id,
@@ -156,6 +171,7 @@ pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
         kafka,
         network,
         task,
+        metrics,
     })
 }
 
@@ -169,6 +185,8 @@ pub struct DevOptions {
     pub host: String,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
+    /// One Prometheus endpoint for every broker (series labelled by `node`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Starts a development cluster in this process and returns its nodes. Brokers are
@@ -226,8 +244,18 @@ pub async fn start_dev(opts: &DevOptions) -> anyhow::Result<Vec<RunningNode>> {
             seed: seed_from_clock(id),
             leader_balance_interval: Duration::from_secs(30),
             log_maintenance_interval: Duration::from_secs(5),
+            metrics_listen: None,
         };
         nodes.push(start_node(spec).await?);
+    }
+    if let Some(addr) = opts.metrics_listen {
+        let brokers = nodes.iter().map(|n| n.broker.clone()).collect();
+        let server = serve_metrics(addr, brokers).await.map_err(|e| {
+            anyhow::anyhow!("metrics listener on {addr}: {e} (use --metrics-addr off to disable)")
+        })?;
+        if let Some(first) = nodes.first_mut() {
+            first.metrics = Some(server);
+        }
     }
     Ok(nodes)
 }
@@ -273,6 +301,8 @@ pub struct BrokerFile {
     pub default_replication_factor: Option<i16>,
     /// Controller voters: node id → node-to-node address.
     pub controller_voters: BTreeMap<String, SocketAddr>,
+    /// Prometheus endpoint (`GET /metrics`), e.g. "127.0.0.1:9644"; not served if absent.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_true() -> bool {
@@ -317,6 +347,7 @@ impl BrokerFile {
             seed: seed_from_clock(self.node_id),
             leader_balance_interval: Duration::from_secs(30),
             log_maintenance_interval: Duration::from_secs(5),
+            metrics_listen: self.metrics_listen,
         })
     }
 }

@@ -52,6 +52,19 @@ pub(crate) struct Coordinators {
     next_tick_ms: u64,
 }
 
+impl Coordinators {
+    /// Committed offsets of every group coordinated here (loaded coordinators only):
+    /// `(group, topic, partition, offset)`.
+    pub(super) fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        self.hosted
+            .values()
+            .filter(|h| h.loaded)
+            .flat_map(|h| h.coordinator.committed_offsets())
+            .map(|(g, t, p, o)| (g.to_string(), t.to_string(), p, o))
+            .collect()
+    }
+}
+
 impl Node {
     /// The `__consumer_offsets` topic: its fjord topic number and partition count.
     fn offsets_topic(&self) -> Option<(u32, u32)> {

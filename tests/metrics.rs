@@ -29,7 +29,11 @@ async fn single_node(dir: &std::path::Path) -> RunningNode {
         },
         seed: 1,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..NodeSpec::local(NodeId(1), dir.join("n1"), BTreeMap::from([(NodeId(1), rpc)]))
+        ..NodeSpec::local(
+            NodeId(1),
+            dir.join("n1"),
+            BTreeMap::from([(NodeId(1), rpc)]),
+        )
     };
     start_node(spec).await.expect("start")
 }

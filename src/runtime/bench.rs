@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -382,11 +381,7 @@ async fn start_cluster(n: u32, dir: &Path) -> anyhow::Result<Vec<RunningNode>> {
             defaults: defaults.clone(),
             auto_create_topics: false,
             seed: u64::from(id),
-            ..NodeSpec::local(
-                NodeId(id),
-                dir.join(format!("broker-{id}")),
-                voters.clone(),
-            )
+            ..NodeSpec::local(NodeId(id), dir.join(format!("broker-{id}")), voters.clone())
         };
         nodes.push(start_node(spec).await?);
     }

@@ -44,6 +44,10 @@ async fn broker(dir: &std::path::Path) -> RunningNode {
             ..ClusterDefaults::default()
         },
         seed: 1,
+        group: fjord::group::GroupConfig {
+            initial_rebalance_delay_ms: 0,
+            ..fjord::group::GroupConfig::default()
+        },
         ..NodeSpec::local(
             NodeId(1),
             dir.join("n1"),

@@ -84,6 +84,8 @@ pub struct BrokerConfig {
     pub leader_balance_interval: Duration,
     /// How often retention and compaction run over the local partitions.
     pub log_maintenance_interval: Duration,
+    /// Consumer-group coordinator settings (Kafka's `group.*`, `offsets.retention.*`).
+    pub group: crate::group::GroupConfig,
     pub bugs: BrokerBugs,
 }
 
@@ -106,6 +108,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             leader_balance_interval: Duration::from_secs(30),
             log_maintenance_interval: Duration::from_secs(5),
+            group: crate::group::GroupConfig::default(),
             bugs: BrokerBugs::default(),
         }
     }

@@ -44,6 +44,8 @@ pub struct NodeSpec {
     pub log_maintenance_interval: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Consumer-group coordinator settings.
+    pub group: crate::group::GroupConfig,
 }
 
 impl NodeSpec {
@@ -76,6 +78,7 @@ impl NodeSpec {
             leader_balance_interval: Duration::from_secs(30),
             log_maintenance_interval: Duration::from_secs(5),
             metrics_listen: None,
+            group: crate::group::GroupConfig::default(),
         }
     }
 }
@@ -134,6 +137,7 @@ pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
     cfg.auto_create_topics = spec.auto_create_topics;
     cfg.leader_balance_interval = spec.leader_balance_interval;
     cfg.log_maintenance_interval = spec.log_maintenance_interval;
+    cfg.group = spec.group.clone();
     let io = BrokerIo {
         clock,
         network: Arc::clone(&network) as Arc<dyn Network>,
@@ -245,6 +249,11 @@ pub async fn start_dev(opts: &DevOptions) -> anyhow::Result<Vec<RunningNode>> {
             leader_balance_interval: Duration::from_secs(30),
             log_maintenance_interval: Duration::from_secs(5),
             metrics_listen: None,
+            // A development cluster starts group rebalances at once (as Kafka's dev images do).
+            group: crate::group::GroupConfig {
+                initial_rebalance_delay_ms: 0,
+                ..crate::group::GroupConfig::default()
+            },
         };
         nodes.push(start_node(spec).await?);
     }
@@ -348,6 +357,7 @@ impl BrokerFile {
             leader_balance_interval: Duration::from_secs(30),
             log_maintenance_interval: Duration::from_secs(5),
             metrics_listen: self.metrics_listen,
+            group: crate::group::GroupConfig::default(),
         })
     }
 }

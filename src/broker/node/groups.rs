@@ -28,7 +28,7 @@ use kafka_protocol::ResponseError;
 
 use super::{read_batches, Node};
 use crate::controller;
-use crate::group::{ClientInfo, GroupConfig, GroupCoordinator, Output, Reply};
+use crate::group::{ClientInfo, GroupCoordinator, Output, Reply};
 use crate::kafka::server::RequestContext;
 
 /// How often coordinators are ticked (session and rebalance timeouts).
@@ -102,7 +102,7 @@ impl Node {
                         p,
                         HostedCoordinator {
                             term,
-                            coordinator: GroupCoordinator::new(p, seed, GroupConfig::default()),
+                            coordinator: GroupCoordinator::new(p, seed, self.cfg.group.clone()),
                             loaded: false,
                             appends: Vec::new(),
                         },

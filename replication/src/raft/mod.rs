@@ -20,8 +20,7 @@ mod core;
 mod message;
 mod progress;
 mod storage;
-#[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

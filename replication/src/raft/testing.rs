@@ -1,5 +1,7 @@
-//! An in-memory [`RaftLog`] with a crash model, for the core's tests: everything not synced
-//! is lost on [`MemLog::crash`] (including truncations, which may resurrect old entries).
+//! An in-memory [`RaftLog`] with a crash model, for the core's tests and the `raft_step` fuzz
+//! target (fuzz-harness/): everything not synced is lost on [`MemLog::crash`] (including
+//! truncations, which may resurrect old entries). Its own checks are assertions: it trusts
+//! the core to hand it only well-formed batches at the right offsets.
 
 use bytes::{Bytes, BytesMut};
 
@@ -8,7 +10,7 @@ use super::storage::{RaftLog, StorageError};
 use fjord_log::batch::BatchHeader;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub struct Entry {
     pub base: u64,
     pub end: u64,
     pub term: Term,
@@ -24,7 +26,7 @@ struct State {
 }
 
 #[derive(Clone, Debug, Default)]
-pub(crate) struct MemLog {
+pub struct MemLog {
     live: State,
     durable: State,
     /// Whether `durable` equals `live`.

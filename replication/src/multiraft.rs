@@ -455,8 +455,15 @@ pub fn decode_messages(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
     use super::*;
-    use crate::raft::{Heartbeat, VoteRequest};
+    use crate::raft::{
+        AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, SnapshotRequest,
+        VoteRequest, VoteResponse,
+    };
 
     #[test]
     fn group_dir_names_round_trip() {
@@ -507,5 +514,99 @@ mod tests {
         assert_eq!(decoded, msgs);
         assert!(decode_messages(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         assert!(decode_messages(&[]).is_err());
+    }
+
+    fn node_ids() -> impl Strategy<Value = BTreeSet<NodeId>> {
+        prop::collection::btree_set(any::<u32>().prop_map(NodeId), 0..4)
+    }
+
+    fn bytes() -> impl Strategy<Value = Bytes> {
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+    }
+
+    /// Every kind of Raft message with arbitrary field values.
+    fn message() -> impl Strategy<Value = Message> {
+        let vote = (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(term, log_end, last_term, transfer)| VoteRequest {
+                term,
+                log_end,
+                last_term,
+                transfer,
+            },
+        );
+        let vote_response = (any::<u64>(), any::<bool>())
+            .prop_map(|(term, granted)| VoteResponse { term, granted });
+        let append = (any::<[u64; 5]>(), bytes()).prop_map(|(f, batches)| {
+            Message::Append(AppendRequest {
+                term: f[0],
+                prev_end: f[1],
+                prev_term: f[2],
+                commit_end: f[3],
+                leader_end: f[4],
+                batches,
+            })
+        });
+        let append_response = (any::<[u64; 4]>(), any::<Option<u64>>()).prop_map(|(f, m)| {
+            Message::AppendResponse(AppendResponse {
+                term: f[0],
+                match_end: m,
+                rejected_prev_end: f[1],
+                hint_end: f[2],
+                hint_term: f[3],
+            })
+        });
+        let snapshot = (any::<[u64; 4]>(), bytes(), node_ids(), node_ids()).prop_map(
+            |(f, data, voters, learners)| {
+                Message::InstallSnapshot(SnapshotRequest {
+                    term: f[0],
+                    start: f[1],
+                    start_term: f[2],
+                    data,
+                    membership: Membership { voters, learners },
+                    commit_end: f[3],
+                })
+            },
+        );
+        prop_oneof![
+            vote.clone().prop_map(Message::PreVote),
+            vote_response.clone().prop_map(Message::PreVoteResponse),
+            vote.prop_map(Message::Vote),
+            vote_response.prop_map(Message::VoteResponse),
+            append,
+            append_response,
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(term, commit_end)| Message::Heartbeat(Heartbeat { term, commit_end })),
+            (any::<u64>(), any::<u64>()).prop_map(|(term, log_end)| {
+                Message::HeartbeatResponse(HeartbeatResponse { term, log_end })
+            }),
+            snapshot,
+            any::<u64>().prop_map(|term| Message::TimeoutNow { term }),
+        ]
+    }
+
+    proptest! {
+        /// Every Raft message type round-trips through the node frames, whatever the frame
+        /// size limit splits them into.
+        #[test]
+        fn raft_messages_round_trip(
+            msgs in prop::collection::vec(
+                ((any::<u32>(), any::<u32>()).prop_map(|(t, p)| GroupId::new(t, p)), message()),
+                0..12,
+            ),
+            frame_max in 1usize..2048,
+        ) {
+            let frames = encode_messages(&msgs, frame_max);
+            let decoded: Vec<_> = frames
+                .iter()
+                .flat_map(|f| decode_messages(f).expect("decodes"))
+                .collect();
+            prop_assert_eq!(decoded, msgs);
+        }
+
+        /// Garbage never panics the decoder.
+        #[test]
+        fn arbitrary_frames_never_panic(frame in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_messages(&frame);
+        }
     }
 }

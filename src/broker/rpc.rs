@@ -174,4 +174,152 @@ mod tests {
         assert!(NodeMessage::decode(&[9, 9, 9]).is_err());
         assert!(NodeMessage::decode(&[0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     }
+
+    use proptest::prelude::*;
+
+    use crate::controller::ConfigResource;
+
+    fn text() -> impl Strategy<Value = String> {
+        "[a-z0-9.\\-]{0,12}"
+    }
+
+    fn raft_message() -> impl Strategy<Value = Message> {
+        use fjord_replication::raft::{AppendRequest, VoteRequest};
+        prop_oneof![
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(term, commit_end)| Message::Heartbeat(Heartbeat { term, commit_end })),
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(term, log_end, transfer)| {
+                Message::Vote(VoteRequest {
+                    term,
+                    log_end,
+                    last_term: term / 2,
+                    transfer,
+                })
+            }),
+            (any::<[u64; 5]>(), prop::collection::vec(any::<u8>(), 0..64)).prop_map(|(f, b)| {
+                Message::Append(AppendRequest {
+                    term: f[0],
+                    prev_end: f[1],
+                    prev_term: f[2],
+                    commit_end: f[3],
+                    leader_end: f[4],
+                    batches: Bytes::from(b),
+                })
+            }),
+        ]
+    }
+
+    fn controller_op() -> impl Strategy<Value = ControllerOp> {
+        let resource = prop_oneof![
+            text().prop_map(ConfigResource::Topic),
+            any::<u32>().prop_map(|n| ConfigResource::Broker(NodeId(n))),
+            Just(ConfigResource::Cluster),
+        ];
+        prop_oneof![
+            (any::<u32>(), any::<u64>(), text(), any::<u16>(), prop::option::of(text()), text())
+                .prop_map(|(id, incarnation, host, kafka_port, rack, rpc_addr)| {
+                    ControllerOp::RegisterBroker {
+                        id: NodeId(id),
+                        incarnation,
+                        host,
+                        kafka_port,
+                        rack,
+                        rpc_addr,
+                    }
+                }),
+            (any::<u32>(), any::<u64>()).prop_map(|(id, incarnation)| ControllerOp::Heartbeat {
+                id: NodeId(id),
+                incarnation
+            }),
+            (
+                text(),
+                any::<i32>(),
+                any::<i16>(),
+                prop::collection::vec((text(), text()), 0..3),
+                any::<bool>()
+            )
+                .prop_map(|(name, partitions, replication_factor, configs, validate_only)| {
+                    ControllerOp::CreateTopic {
+                        name,
+                        partitions,
+                        replication_factor,
+                        configs,
+                        validate_only,
+                    }
+                }),
+            text().prop_map(|name| ControllerOp::DeleteTopic { name }),
+            (text(), any::<i32>(), any::<bool>()).prop_map(|(name, count, validate_only)| {
+                ControllerOp::CreatePartitions {
+                    name,
+                    count,
+                    validate_only,
+                }
+            }),
+            (
+                resource,
+                prop::collection::vec((text(), any::<Option<i8>>(), prop::option::of(text())), 0..3),
+                any::<bool>()
+            )
+                .prop_map(|(resource, changes, validate_only)| ControllerOp::AlterConfigs {
+                    resource,
+                    changes,
+                    validate_only,
+                }),
+            (any::<u32>(), any::<u32>()).prop_map(|(b, count)| {
+                ControllerOp::AllocateProducerIds {
+                    broker: NodeId(b),
+                    count,
+                }
+            }),
+            Just(ControllerOp::Records(Vec::new())),
+        ]
+    }
+
+    /// Every kind of node message (metadata records aside: see the controller's own
+    /// record tests) with arbitrary field values.
+    fn node_message() -> impl Strategy<Value = NodeMessage> {
+        let group = (any::<u32>(), any::<u32>()).prop_map(|(t, p)| GroupId::new(t, p));
+        let leader = (group.clone(), any::<u64>(), any::<u32>(), prop::collection::vec(any::<u32>(), 0..4))
+            .prop_map(|(group, term, leader, isr)| LeaderInfo {
+                group,
+                term,
+                leader: NodeId(leader),
+                isr: isr.into_iter().map(NodeId).collect(),
+            });
+        let reply = prop_oneof![
+            Just(Ok(ControllerReply::Done)),
+            (any::<i64>(), any::<u32>())
+                .prop_map(|(first, count)| Ok(ControllerReply::ProducerIds { first, count })),
+            (any::<i16>(), text()).prop_map(|(code, message)| Err(ApiFailure { code, message })),
+        ];
+        prop_oneof![
+            prop::collection::vec((group, raft_message()), 0..6).prop_map(NodeMessage::Raft),
+            prop::collection::vec(leader, 0..4).prop_map(NodeMessage::Leaders),
+            (any::<u64>(), controller_op())
+                .prop_map(|(id, op)| NodeMessage::ControllerRequest { id, op }),
+            (any::<u64>(), reply)
+                .prop_map(|(id, result)| NodeMessage::ControllerResponse { id, result }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn node_messages_round_trip(m in node_message()) {
+            prop_assert_eq!(NodeMessage::decode(&m.encode()).expect("decodes"), m);
+        }
+
+        /// Cut or garbled frames are errors or other messages, never a panic.
+        #[test]
+        fn damaged_frames_never_panic(
+            m in node_message(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<(prop::sample::Index, u8)>(),
+        ) {
+            let mut frame = m.encode().to_vec();
+            let at = flip.0.index(frame.len());
+            frame[at] ^= flip.1;
+            frame.truncate(cut.index(frame.len() + 1));
+            let _ = NodeMessage::decode(&frame);
+        }
+    }
 }

@@ -265,7 +265,10 @@ impl SimBroker {
                 return;
             }
             for task in spawned {
-                self.pool.spawner().spawn_local(task).expect("pool accepts tasks");
+                self.pool
+                    .spawner()
+                    .spawn_local(task)
+                    .expect("pool accepts tasks");
             }
         }
     }

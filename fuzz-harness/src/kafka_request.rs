@@ -59,7 +59,7 @@ enum Expect {
         api_key: ApiKey,
         version: i16,
         correlation_id: i32,
-        request: Option<RequestKind>,
+        request: Option<Box<RequestKind>>,
     },
     /// Nothing (Produce with acks=0).
     Nothing,
@@ -77,7 +77,7 @@ fn expectation(frame: &Bytes) -> Expect {
                 api_key: req.api_key,
                 version: req.api_version,
                 correlation_id: req.correlation_id(),
-                request: Some(req.body),
+                request: Some(Box::new(req.body)),
             }
         }
         Err(CodecError::UnsupportedVersion {
@@ -114,7 +114,7 @@ pub fn run_frames(frames: &[Bytes]) {
 /// What became of a request.
 #[derive(Debug, PartialEq)]
 pub enum Sent {
-    Answered(ResponseKind),
+    Answered(Box<ResponseKind>),
     /// Produce with acks=0.
     NoAnswer,
     /// The connection closed, or the request is still waiting (a long poll, a rebalance):
@@ -169,7 +169,10 @@ impl Session {
     /// Lets `ms` of fake time pass (sessions expire, delayed rebalances complete).
     pub fn wait(&mut self, ms: u64) {
         self.sim.run_until(ms, |_| false);
-        assert!(self.sim.outcome().is_none(), "the broker stopped while idle");
+        assert!(
+            self.sim.outcome().is_none(),
+            "the broker stopped while idle"
+        );
         self.sim.check_invariants();
     }
 
@@ -226,8 +229,8 @@ impl Session {
                 let (header, body) = codec::decode_response(api_key, version, response)
                     .unwrap_or_else(|e| panic!("{api_key:?} v{version} response: {e}"));
                 assert_eq!(header.correlation_id, correlation_id);
-                check_response(&mut self.sim, request.as_ref(), &body);
-                Sent::Answered(body)
+                check_response(&mut self.sim, request.as_deref(), &body);
+                Sent::Answered(Box::new(body))
             }
         }
     }
@@ -253,7 +256,10 @@ fn partition_ends(sim: &mut SimBroker) -> BTreeMap<(String, i32), (u64, u64)> {
     };
     let mut out = BTreeMap::new();
     for (name, topic) in &status.topics {
-        for (group, s) in status.groups.range(GroupId::new(*topic, 0)..=GroupId::new(*topic, u32::MAX)) {
+        for (group, s) in status
+            .groups
+            .range(GroupId::new(*topic, 0)..=GroupId::new(*topic, u32::MAX))
+        {
             out.insert(
                 (name.clone(), group.partition as i32),
                 (s.commit_end, s.log_end),
@@ -278,7 +284,10 @@ fn check_response(sim: &mut SimBroker, request: Option<&RequestKind>, body: &Res
                         continue;
                     }
                     let hw = u64::try_from(p.high_watermark).expect("a high watermark");
-                    assert!(hw <= commit, "fetch high watermark {hw} beyond commit {commit}");
+                    assert!(
+                        hw <= commit,
+                        "fetch high watermark {hw} beyond commit {commit}"
+                    );
                     assert!(p.last_stable_offset <= p.high_watermark);
                     assert!(p.log_start_offset <= p.high_watermark);
                     let records = p.records.clone().unwrap_or_default();

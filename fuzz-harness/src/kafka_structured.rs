@@ -429,13 +429,15 @@ fn request(op: Op, learned: &mut Learned) -> Option<RequestKind> {
                 .with_group_id(group_id(group))
                 .with_generation_id_or_member_epoch(learned.generation(generation))
                 .with_member_id(learned.member(member))
-                .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
-                    .with_name(topic_name(topic))
-                    .with_partitions(vec![
-                        offset_commit_request::OffsetCommitRequestPartition::default()
-                            .with_partition_index(i32::from(partition % 4))
-                            .with_committed_offset(i64::from(offset)),
-                    ])]),
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(topic_name(topic))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(i32::from(partition % 4))
+                                .with_committed_offset(i64::from(offset)),
+                        ]),
+                ]),
         ),
         Op::OffsetFetch {
             group,
@@ -456,9 +458,11 @@ fn request(op: Op, learned: &mut Learned) -> Option<RequestKind> {
                 OffsetFetchRequest::default()
                     .with_group_id(group_id(group))
                     .with_topics(topics)
-                    .with_groups(vec![offset_fetch_request::OffsetFetchRequestGroup::default()
-                        .with_group_id(group_id(group))
-                        .with_topics(group_topics)])
+                    .with_groups(vec![
+                        offset_fetch_request::OffsetFetchRequestGroup::default()
+                            .with_group_id(group_id(group))
+                            .with_topics(group_topics),
+                    ])
                     .with_require_stable(require_stable),
             )
         }
@@ -472,13 +476,13 @@ fn request(op: Op, learned: &mut Learned) -> Option<RequestKind> {
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1),
         ),
-        Op::DescribeConfigs { topic, broker } => RequestKind::DescribeConfigs(
-            DescribeConfigsRequest::default().with_resources(vec![
+        Op::DescribeConfigs { topic, broker } => {
+            RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
                 describe_configs_request::DescribeConfigsResource::default()
                     .with_resource_type(if broker { 4 } else { 2 })
                     .with_resource_name(if broker { s("1") } else { topic_name(topic).0 }),
-            ]),
-        ),
+            ]))
+        }
         Op::AlterConfig {
             topic,
             key,
@@ -592,8 +596,22 @@ pub fn seed_streams() -> Vec<Vec<u8>> {
     let mut learned = Learned::default();
     let script = vec![
         (Op::ApiVersions, 3u8),
-        (Op::Metadata { topics: vec![0], auto_create: true }, 12),
-        (Op::CreateTopic { topic: 1, partitions: 3, validate_only: false, compact: true }, 5),
+        (
+            Op::Metadata {
+                topics: vec![0],
+                auto_create: true,
+            },
+            12,
+        ),
+        (
+            Op::CreateTopic {
+                topic: 1,
+                partitions: 3,
+                validate_only: false,
+                compact: true,
+            },
+            5,
+        ),
         (Op::InitProducerId, 4),
         (
             Op::Produce {
@@ -619,16 +637,79 @@ pub fn seed_streams() -> Vec<Vec<u8>> {
             },
             7,
         ),
-        (Op::Fetch { topic: 0, partition: 0, offset: 0, max_bytes: 4096, max_wait_ms: 5, read_committed: false }, 8),
-        (Op::ListOffsets { topic: 0, partition: 0, timestamp: -1 }, 6),
-        (Op::FindCoordinator { group: 0, transaction: false }, 1),
-        (Op::JoinGroup { group: 0, member: 0, static_member: None, protocols: vec![0, 1], session_timeout_s: 4 }, 9),
-        (Op::OffsetCommit { group: 0, member: 0, generation: -1, topic: 0, partition: 0, offset: 1 }, 7),
-        (Op::OffsetFetch { group: 0, all: false, require_stable: true }, 7),
+        (
+            Op::Fetch {
+                topic: 0,
+                partition: 0,
+                offset: 0,
+                max_bytes: 4096,
+                max_wait_ms: 5,
+                read_committed: false,
+            },
+            8,
+        ),
+        (
+            Op::ListOffsets {
+                topic: 0,
+                partition: 0,
+                timestamp: -1,
+            },
+            6,
+        ),
+        (
+            Op::FindCoordinator {
+                group: 0,
+                transaction: false,
+            },
+            1,
+        ),
+        (
+            Op::JoinGroup {
+                group: 0,
+                member: 0,
+                static_member: None,
+                protocols: vec![0, 1],
+                session_timeout_s: 4,
+            },
+            9,
+        ),
+        (
+            Op::OffsetCommit {
+                group: 0,
+                member: 0,
+                generation: -1,
+                topic: 0,
+                partition: 0,
+                offset: 1,
+            },
+            7,
+        ),
+        (
+            Op::OffsetFetch {
+                group: 0,
+                all: false,
+                require_stable: true,
+            },
+            7,
+        ),
         (Op::DescribeGroups { groups: vec![0] }, 5),
         (Op::ListGroups, 4),
-        (Op::DescribeConfigs { topic: 1, broker: false }, 2),
-        (Op::AlterConfig { topic: 1, key: 0, value: 60_000, op: Some(0) }, 1),
+        (
+            Op::DescribeConfigs {
+                topic: 1,
+                broker: false,
+            },
+            2,
+        ),
+        (
+            Op::AlterConfig {
+                topic: 1,
+                key: 0,
+                value: 60_000,
+                op: Some(0),
+            },
+            1,
+        ),
         (Op::DescribeCluster, 1),
         (Op::DeleteTopic { topic: 1 }, 6),
     ];

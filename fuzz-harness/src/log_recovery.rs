@@ -21,8 +21,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjord_log::testing::MemDisk;
 use fjord_log::{
-    build_batch, BatchHeader, BatchIter, BuildOptions, Compression, Disk, Log, LogConfig,
-    LogError, RecordSpec, RecoveryReport,
+    build_batch, BatchHeader, BatchIter, BuildOptions, Compression, Disk, Log, LogConfig, LogError,
+    RecordSpec, RecoveryReport,
 };
 
 use crate::input::{Reader, Writer};
@@ -108,14 +108,22 @@ fn open_checked(
     config: &LogConfig,
     verify_all: bool,
 ) -> Option<(Log, RecoveryReport)> {
-    let (log, report) =
-        match Log::open_with(Arc::clone(disk), dir.to_path_buf(), config.clone(), verify_all) {
-            Ok(opened) => opened,
-            Err(LogError::Disk(e)) => panic!("MemDisk does not fail here: {e}"),
-            Err(_) => return None,
-        };
+    let (log, report) = match Log::open_with(
+        Arc::clone(disk),
+        dir.to_path_buf(),
+        config.clone(),
+        verify_all,
+    ) {
+        Ok(opened) => opened,
+        Err(LogError::Disk(e)) => panic!("MemDisk does not fail here: {e}"),
+        Err(_) => return None,
+    };
     assert!(log.log_start_offset() <= log.log_end_offset());
-    assert_eq!(log.durable_end_offset(), log.log_end_offset(), "open syncs what it recovered");
+    assert_eq!(
+        log.durable_end_offset(),
+        log.log_end_offset(),
+        "open syncs what it recovered"
+    );
     let served = served_batches(&log);
     let (start, end) = (log.log_start_offset(), log.log_end_offset());
     drop(log);
@@ -126,8 +134,15 @@ fn open_checked(
         (start, end),
         "recovery is idempotent: {second:?}"
     );
-    assert_eq!(second.truncated_at, None, "a second open cuts nothing: {second:?}");
-    assert_eq!(served_batches(&again), served, "a second open serves the same batches");
+    assert_eq!(
+        second.truncated_at, None,
+        "a second open cuts nothing: {second:?}"
+    );
+    assert_eq!(
+        served_batches(&again),
+        served,
+        "a second open serves the same batches"
+    );
     Some((again, report))
 }
 
@@ -151,7 +166,10 @@ fn served_batches(log: &Log) -> Vec<(u64, Bytes)> {
             let (header, bytes) = item.expect("served batches are whole");
             BatchHeader::validate(bytes).expect("served batches pass their CRC");
             assert!(header.next_offset() > next, "offsets increase");
-            assert!(header.next_offset() <= end, "served batches lie within the log");
+            assert!(
+                header.next_offset() <= end,
+                "served batches lie within the log"
+            );
             next = header.next_offset();
             out.push((header.base_offset, read.bytes.slice_ref(bytes)));
         }
@@ -198,7 +216,8 @@ fn damaged_log(r: &mut Reader<'_>, config: LogConfig, verify_all: bool) {
                 key: (op & 0x20 != 0).then(|| Bytes::from(format!("k{}", k % 2))),
                 value: Some(Bytes::from(vec![
                     i as u8;
-                    usize::from(op >> 3 & 3) * 40 + usize::from(k)
+                    usize::from(op >> 3 & 3) * 40
+                        + usize::from(k)
                 ])),
                 headers: Vec::new(),
                 timestamp_ms: 1_000 + i as i64,
@@ -213,7 +232,9 @@ fn damaged_log(r: &mut Reader<'_>, config: LogConfig, verify_all: bool) {
             ..BuildOptions::default()
         };
         let mut batch = build_batch(&records, &opts).expect("valid batch").to_vec();
-        let info = log.append(&mut batch, epoch).expect("append to a MemDisk log");
+        let info = log
+            .append(&mut batch, epoch)
+            .expect("append to a MemDisk log");
         written.push((info.base_offset, Bytes::from(batch)));
         if op & 4 != 0 {
             log.sync().expect("sync");
@@ -250,12 +271,20 @@ fn damaged_log(r: &mut Reader<'_>, config: LogConfig, verify_all: bool) {
                 drop(f);
                 disk.remove(&path).expect("remove");
                 disk.sync_dir(&dir).expect("sync dir");
-                damages.push(Damage { file, from: 0, to: u64::MAX });
+                damages.push(Damage {
+                    file,
+                    from: 0,
+                    to: u64::MAX,
+                });
             }
             1 | 2 => {
                 f.set_len(at).expect("truncate");
                 f.sync().expect("sync");
-                damages.push(Damage { file, from: at, to: u64::MAX });
+                damages.push(Damage {
+                    file,
+                    from: at,
+                    to: u64::MAX,
+                });
             }
             3 | 4 => {
                 let width = u64::from(r.u8().unwrap_or(1)) % 32 + 1;
@@ -273,7 +302,11 @@ fn damaged_log(r: &mut Reader<'_>, config: LogConfig, verify_all: bool) {
                 byte[0] ^= 1 << (r.u8().unwrap_or(0) % 8);
                 f.write_at(at, &byte).expect("flip");
                 f.sync().expect("sync");
-                damages.push(Damage { file, from: at, to: at + 1 });
+                damages.push(Damage {
+                    file,
+                    from: at,
+                    to: at + 1,
+                });
             }
         }
     }
@@ -317,7 +350,10 @@ fn place(durable: &[(u64, Bytes)], disk: &Arc<dyn Disk>, dir: &Path) -> Vec<Plac
             let (file, position, on_disk) = found
                 .remove(base)
                 .unwrap_or_else(|| panic!("durable batch at {base} lost by a power loss"));
-            assert_eq!(&on_disk, bytes, "durable batch at {base} changed by a power loss");
+            assert_eq!(
+                &on_disk, bytes,
+                "durable batch at {base} changed by a power loss"
+            );
             Placed {
                 base: *base,
                 bytes: bytes.clone(),
@@ -435,12 +471,18 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 Some((base, "timeindex")) => (2, base),
                 _ => (3, "0"),
             };
-            w.u8(kind).u32(base.parse().expect("segment base")).blob(&bytes);
+            w.u8(kind)
+                .u32(base.parse().expect("segment base"))
+                .blob(&bytes);
         }
         out.push(w.out);
     }
     // Damaged: appends with syncs, then a flip, a truncation, a removal.
-    for damage in [[5u8, 1, 200, 0, 0, 0, 3], [1, 0, 150, 0, 0, 0, 0], [0, 2, 0, 0, 0, 0, 0]] {
+    for damage in [
+        [5u8, 1, 200, 0, 0, 0, 3],
+        [1, 0, 150, 0, 0, 0, 0],
+        [0, 2, 0, 0, 0, 0, 0],
+    ] {
         let mut w = Writer::default();
         w.u8(1).u16(300).u8(9);
         for i in 0..20u8 {

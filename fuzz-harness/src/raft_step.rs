@@ -356,9 +356,9 @@ pub fn run(data: &[u8]) {
                 if let Some((id, target)) = damaged {
                     let m = &c.members[&id];
                     let healed = !m.hard_state.repairing
-                        && m.raft.as_ref().is_some_and(|r| {
-                            !r.is_repairing() && r.log().end_offset() >= target
-                        });
+                        && m.raft
+                            .as_ref()
+                            .is_some_and(|r| !r.is_repairing() && r.log().end_offset() >= target);
                     if healed {
                         damaged = None;
                     }

@@ -14,8 +14,7 @@ use bytes::Bytes;
 use fjord::broker::rpc::{ApiFailure, ControllerOp, ControllerReply, LeaderInfo, NodeMessage};
 use fjord_replication::multiraft::{decode_messages, encode_messages, GroupId};
 use fjord_replication::raft::{
-    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, VoteRequest,
-    VoteResponse,
+    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, VoteRequest, VoteResponse,
 };
 use fjord_replication::NodeId;
 
@@ -36,7 +35,11 @@ pub fn run(data: &[u8]) {
             break;
         };
         check_round_trip(frame);
-        frames.push((NodeId(u32::from(from % 4) + 1), wait, Bytes::copy_from_slice(frame)));
+        frames.push((
+            NodeId(u32::from(from % 4) + 1),
+            wait,
+            Bytes::copy_from_slice(frame),
+        ));
     }
     if frames.is_empty() {
         return;
@@ -47,7 +50,10 @@ pub fn run(data: &[u8]) {
         sim.run_until(u64::from(wait % 64) * 10, |_| false);
         if let Some(outcome) = sim.outcome() {
             // A typed error (a peer broke the protocol): a clean stop, not a crash.
-            assert!(outcome.is_err(), "the broker stopped without being asked to");
+            assert!(
+                outcome.is_err(),
+                "the broker stopped without being asked to"
+            );
             return;
         }
         sim.check_invariants();
@@ -75,10 +81,38 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let g = GroupId::METADATA;
     let noop = fjord_log::leader_change_batch(2, 2, 1_700_000_000_000);
     let raft = vec![
-        (g, Message::PreVote(VoteRequest { term: 2, log_end: 5, last_term: 1, transfer: false })),
-        (g, Message::Vote(VoteRequest { term: 1, log_end: 0, last_term: 0, transfer: true })),
-        (g, Message::PreVoteResponse(VoteResponse { term: 2, granted: true })),
-        (g, Message::VoteResponse(VoteResponse { term: 1, granted: false })),
+        (
+            g,
+            Message::PreVote(VoteRequest {
+                term: 2,
+                log_end: 5,
+                last_term: 1,
+                transfer: false,
+            }),
+        ),
+        (
+            g,
+            Message::Vote(VoteRequest {
+                term: 1,
+                log_end: 0,
+                last_term: 0,
+                transfer: true,
+            }),
+        ),
+        (
+            g,
+            Message::PreVoteResponse(VoteResponse {
+                term: 2,
+                granted: true,
+            }),
+        ),
+        (
+            g,
+            Message::VoteResponse(VoteResponse {
+                term: 1,
+                granted: false,
+            }),
+        ),
         (
             g,
             Message::AppendResponse(AppendResponse {
@@ -89,8 +123,20 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 hint_term: 1,
             }),
         ),
-        (g, Message::Heartbeat(Heartbeat { term: 0, commit_end: 1 })),
-        (g, Message::HeartbeatResponse(HeartbeatResponse { term: 1, log_end: 3 })),
+        (
+            g,
+            Message::Heartbeat(Heartbeat {
+                term: 0,
+                commit_end: 1,
+            }),
+        ),
+        (
+            g,
+            Message::HeartbeatResponse(HeartbeatResponse {
+                term: 1,
+                log_end: 3,
+            }),
+        ),
         (g, Message::TimeoutNow { term: 1 }),
         (
             GroupId::new(1, 0),
@@ -113,7 +159,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
             rack: Some("r1".into()),
             rpc_addr: "127.0.0.1:19093".into(),
         },
-        ControllerOp::Heartbeat { id: NodeId(2), incarnation: 9 },
+        ControllerOp::Heartbeat {
+            id: NodeId(2),
+            incarnation: 9,
+        },
         ControllerOp::CreateTopic {
             name: "peer-topic".into(),
             partitions: 2,
@@ -121,9 +170,18 @@ pub fn seeds() -> Vec<Vec<u8>> {
             configs: vec![("cleanup.policy".into(), "compact".into())],
             validate_only: false,
         },
-        ControllerOp::CreatePartitions { name: "peer-topic".into(), count: 3, validate_only: false },
-        ControllerOp::DeleteTopic { name: "peer-topic".into() },
-        ControllerOp::AllocateProducerIds { broker: NodeId(2), count: 10 },
+        ControllerOp::CreatePartitions {
+            name: "peer-topic".into(),
+            count: 3,
+            validate_only: false,
+        },
+        ControllerOp::DeleteTopic {
+            name: "peer-topic".into(),
+        },
+        ControllerOp::AllocateProducerIds {
+            broker: NodeId(2),
+            count: 10,
+        },
         ControllerOp::Records(Vec::new()),
     ];
     let mut messages: Vec<NodeMessage> = vec![
@@ -134,10 +192,16 @@ pub fn seeds() -> Vec<Vec<u8>> {
             leader: NodeId(2),
             isr: vec![NodeId(2), NODE],
         }]),
-        NodeMessage::ControllerResponse { id: 1, result: Ok(ControllerReply::ProducerIds { first: 0, count: 5 }) },
+        NodeMessage::ControllerResponse {
+            id: 1,
+            result: Ok(ControllerReply::ProducerIds { first: 0, count: 5 }),
+        },
         NodeMessage::ControllerResponse {
             id: 2,
-            result: Err(ApiFailure { code: 7, message: "timeout".into() }),
+            result: Err(ApiFailure {
+                code: 7,
+                message: "timeout".into(),
+            }),
         },
     ];
     messages.extend(

@@ -79,7 +79,9 @@ fn seeds_replay() {
 #[test]
 fn every_target_has_a_fuzz_target_file() {
     for target in TARGETS {
-        let file = fuzz_dir().join("fuzz_targets").join(format!("{}.rs", target.name));
+        let file = fuzz_dir()
+            .join("fuzz_targets")
+            .join(format!("{}.rs", target.name));
         assert!(file.is_file(), "{} missing", file.display());
     }
 }

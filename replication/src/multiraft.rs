@@ -461,8 +461,8 @@ mod tests {
 
     use super::*;
     use crate::raft::{
-        AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, SnapshotRequest,
-        VoteRequest, VoteResponse,
+        AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, SnapshotRequest, VoteRequest,
+        VoteResponse,
     };
 
     #[test]

@@ -216,7 +216,14 @@ mod tests {
             Just(ConfigResource::Cluster),
         ];
         prop_oneof![
-            (any::<u32>(), any::<u64>(), text(), any::<u16>(), prop::option::of(text()), text())
+            (
+                any::<u32>(),
+                any::<u64>(),
+                text(),
+                any::<u16>(),
+                prop::option::of(text()),
+                text()
+            )
                 .prop_map(|(id, incarnation, host, kafka_port, rack, rpc_addr)| {
                     ControllerOp::RegisterBroker {
                         id: NodeId(id),
@@ -238,15 +245,17 @@ mod tests {
                 prop::collection::vec((text(), text()), 0..3),
                 any::<bool>()
             )
-                .prop_map(|(name, partitions, replication_factor, configs, validate_only)| {
-                    ControllerOp::CreateTopic {
-                        name,
-                        partitions,
-                        replication_factor,
-                        configs,
-                        validate_only,
+                .prop_map(
+                    |(name, partitions, replication_factor, configs, validate_only)| {
+                        ControllerOp::CreateTopic {
+                            name,
+                            partitions,
+                            replication_factor,
+                            configs,
+                            validate_only,
+                        }
                     }
-                }),
+                ),
             text().prop_map(|name| ControllerOp::DeleteTopic { name }),
             (text(), any::<i32>(), any::<bool>()).prop_map(|(name, count, validate_only)| {
                 ControllerOp::CreatePartitions {
@@ -257,13 +266,18 @@ mod tests {
             }),
             (
                 resource,
-                prop::collection::vec((text(), any::<Option<i8>>(), prop::option::of(text())), 0..3),
+                prop::collection::vec(
+                    (text(), any::<Option<i8>>(), prop::option::of(text())),
+                    0..3
+                ),
                 any::<bool>()
             )
-                .prop_map(|(resource, changes, validate_only)| ControllerOp::AlterConfigs {
-                    resource,
-                    changes,
-                    validate_only,
+                .prop_map(|(resource, changes, validate_only)| {
+                    ControllerOp::AlterConfigs {
+                        resource,
+                        changes,
+                        validate_only,
+                    }
                 }),
             (any::<u32>(), any::<u32>()).prop_map(|(b, count)| {
                 ControllerOp::AllocateProducerIds {
@@ -279,7 +293,12 @@ mod tests {
     /// record tests) with arbitrary field values.
     fn node_message() -> impl Strategy<Value = NodeMessage> {
         let group = (any::<u32>(), any::<u32>()).prop_map(|(t, p)| GroupId::new(t, p));
-        let leader = (group.clone(), any::<u64>(), any::<u32>(), prop::collection::vec(any::<u32>(), 0..4))
+        let leader = (
+            group.clone(),
+            any::<u64>(),
+            any::<u32>(),
+            prop::collection::vec(any::<u32>(), 0..4),
+        )
             .prop_map(|(group, term, leader, isr)| LeaderInfo {
                 group,
                 term,

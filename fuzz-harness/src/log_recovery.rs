@@ -72,7 +72,11 @@ fn raw_name(kind: u8, base: u32) -> String {
     }
 }
 
+/// Writes (or replaces) a file durably.
 fn write_file(disk: &MemDisk, path: &Path, bytes: &[u8]) {
+    if disk.exists(path).expect("exists") {
+        disk.remove(path).expect("remove");
+    }
     let mut f = disk.create(path).expect("MemDisk creates files");
     f.write_at(0, bytes).expect("MemDisk writes");
     f.sync().expect("MemDisk syncs");
@@ -168,7 +172,9 @@ fn served_batches(log: &Log) -> Vec<(u64, Bytes)> {
             assert!(header.next_offset() > next, "offsets increase");
             assert!(
                 header.next_offset() <= end,
-                "served batches lie within the log"
+                "served batch [{}, {}) beyond the log end {end} (start {start})",
+                header.base_offset,
+                header.next_offset()
             );
             next = header.next_offset();
             out.push((header.base_offset, read.bytes.slice_ref(bytes)));

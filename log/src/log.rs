@@ -848,7 +848,8 @@ impl Log {
     /// Whole stored batches starting with the one containing `from_offset` (or the next one
     /// after a gap), byte-identical, only those with `base_offset < upper_bound`, up to
     /// `max_bytes` (but always the first qualifying batch). Every returned batch passed its
-    /// CRC check; a bad first batch is [`LogError::Corrupt`].
+    /// CRC check and lies in order within its segment (base offsets sit outside the CRC, so
+    /// rot there is caught by order); a bad first batch is [`LogError::Corrupt`].
     pub fn read(
         &self,
         from_offset: u64,
@@ -876,7 +877,14 @@ impl Log {
             .range(..=from_offset)
             .next_back()
             .map_or(0, |(b, _)| *b);
-        for segment in self.segments.range(first..).map(|(_, s)| s) {
+        for (&segment_base, segment) in self.segments.range(first..) {
+            // Where this segment's offsets must end: base offsets sit outside the CRC, so a
+            // batch claiming offsets beyond it (or before the previous batch's end) is corrupt.
+            let segment_end = self
+                .segments
+                .range(segment_base + 1..)
+                .next()
+                .map_or(self.log_end, |(b, _)| *b);
             let located = segment.find(from_offset)?.map_err(|_| LogError::Corrupt {
                 offset: from_offset,
             })?;
@@ -898,6 +906,12 @@ impl Log {
                 };
                 let fits = end == 0 || end + batch.len() <= limit;
                 if header.base_offset >= upper_bound || !fits {
+                    break;
+                }
+                let in_order = header.base_offset >= segment_base
+                    && (end == 0 || header.base_offset >= next)
+                    && header.next_offset() <= segment_end;
+                if !in_order {
                     break;
                 }
                 end += batch.len();

@@ -324,26 +324,22 @@ mod tests {
         )
         .expect("batch");
         let bodies = vec![
-            RequestKind::Produce(
-                ProduceRequest::default()
-                    .with_acks(-1)
-                    .with_topic_data(vec![produce_request::TopicProduceData::default()
+            RequestKind::Produce(ProduceRequest::default().with_acks(-1).with_topic_data(
+                vec![produce_request::TopicProduceData::default()
                         .with_name(topic())
                         .with_partition_data(vec![
                             produce_request::PartitionProduceData::default()
                                 .with_index(2)
                                 .with_records(Some(records)),
-                        ])]),
-            ),
-            RequestKind::Fetch(
-                FetchRequest::default()
-                    .with_max_wait_ms(5)
-                    .with_topics(vec![fetch_request::FetchTopic::default()
+                        ])],
+            )),
+            RequestKind::Fetch(FetchRequest::default().with_max_wait_ms(5).with_topics(
+                vec![fetch_request::FetchTopic::default()
                         .with_topic(topic())
                         .with_partitions(vec![fetch_request::FetchPartition::default()
                             .with_partition(1)
-                            .with_fetch_offset(7)])]),
-            ),
+                            .with_fetch_offset(7)])],
+            )),
             RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
                 metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
             ]))),

@@ -70,6 +70,17 @@ pub enum RaftError {
     Storage(#[from] StorageError),
     #[error("cannot build a control batch: {0}")]
     Batch(#[from] fjord_log::batch::BatchError),
+    /// A message no correct member could have sent in this state: a second leader in our
+    /// term, entries or a snapshot contradicting what we know is committed, a follower
+    /// matching beyond our log, a term beyond Kafka's epoch range, a message from ourselves.
+    /// A bug somewhere, or a peer that does not follow the protocol (Raft tolerates none):
+    /// the group stops rather than act on it.
+    #[error("protocol violation by {from}: {reason}")]
+    Protocol { from: NodeId, reason: String },
+}
+
+fn violation(from: NodeId, reason: String) -> RaftError {
+    RaftError::Protocol { from, reason }
 }
 
 /// Why a proposal was refused. The caller retries elsewhere (or later).
@@ -553,6 +564,14 @@ impl<L: RaftLog> Raft<L> {
     pub fn step(&mut self, from: NodeId, msg: Message) -> Result<(), RaftError> {
         self.assert_fed_in_order();
         let msg_term = msg.term();
+        if msg_term > i32::MAX as Term {
+            let reason = format!("term {msg_term} is not a Kafka leader epoch");
+            return Err(violation(from, reason));
+        }
+        if from == self.cfg.id {
+            let reason = format!("{} message from this member itself", msg.kind());
+            return Err(violation(from, reason));
+        }
         // Pre-votes never change anyone's term.
         let is_pre_vote = matches!(msg, Message::PreVote(_) | Message::PreVoteResponse(_));
         if msg_term > self.term && !is_pre_vote {
@@ -579,10 +598,7 @@ impl<L: RaftLog> Raft<L> {
             Message::VoteResponse(resp) => self.handle_vote_response(from, resp),
             Message::Append(req) => self.handle_append(from, req),
             Message::AppendResponse(resp) => self.handle_append_response(from, resp),
-            Message::Heartbeat(hb) => {
-                self.handle_heartbeat(from, hb);
-                Ok(())
-            }
+            Message::Heartbeat(hb) => self.handle_heartbeat(from, hb),
             Message::HeartbeatResponse(resp) => self.handle_heartbeat_response(from, resp),
             Message::InstallSnapshot(req) => self.handle_snapshot(from, req),
             Message::TimeoutNow { term } => {
@@ -984,10 +1000,10 @@ impl<L: RaftLog> Raft<L> {
         p.recent_active = true;
         match resp.match_end {
             Some(match_end) => {
-                assert!(
-                    match_end <= log_end,
-                    "follower {from} claims to match beyond the leader's log end"
-                );
+                if match_end > log_end {
+                    let reason = format!("matches {match_end}, beyond our log end {log_end}");
+                    return Err(violation(from, reason));
+                }
                 let advanced = p.on_match(match_end);
                 match p.state {
                     ProgressState::Probe => p.become_replicate(),
@@ -1189,7 +1205,7 @@ impl<L: RaftLog> Raft<L> {
             self.messages.push((from, self.reject(req.prev_end, 0)));
             return Ok(());
         }
-        self.accept_leader(from);
+        self.accept_leader(from)?;
         let start = self.log.start_offset();
         let end = self.log.end_offset();
         // Below our log start everything is committed, hence identical on every member.
@@ -1232,12 +1248,13 @@ impl<L: RaftLog> Raft<L> {
                     last_end = batch_end;
                     continue;
                 }
-                assert!(
-                    base >= self.commit_end,
-                    "{}: leader {from} conflicts with committed entries at {base} (commit end {})",
-                    self.cfg.id,
-                    self.commit_end
-                );
+                if base < self.commit_end {
+                    let reason = format!(
+                        "{}: entries conflict with committed ones at {base} (commit end {})",
+                        self.cfg.id, self.commit_end
+                    );
+                    return Err(violation(from, reason));
+                }
                 self.truncate_from(base)?;
                 if self.log.end_offset() < last_end {
                     // Our batches are not aligned with the leader's where they should agree:
@@ -1271,18 +1288,19 @@ impl<L: RaftLog> Raft<L> {
         Ok(())
     }
 
-    fn accept_leader(&mut self, from: NodeId) {
+    fn accept_leader(&mut self, from: NodeId) -> Result<(), RaftError> {
         if self.role != Role::Follower || self.leader != Some(from) {
-            assert!(
-                self.role != Role::Leader,
-                "{}: two leaders in term {} ({} and {from})",
-                self.cfg.id,
-                self.term,
-                self.cfg.id
-            );
+            if self.role == Role::Leader {
+                let reason = format!(
+                    "{}: two leaders in term {} ({} and {from})",
+                    self.cfg.id, self.term, self.cfg.id
+                );
+                return Err(violation(from, reason));
+            }
             self.become_follower(self.term, Some(from));
         }
         self.election_elapsed = 0;
+        Ok(())
     }
 
     fn truncate_from(&mut self, offset: u64) -> Result<(), RaftError> {
@@ -1367,7 +1385,7 @@ impl<L: RaftLog> Raft<L> {
         }
     }
 
-    fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) {
+    fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) -> Result<(), RaftError> {
         if hb.term < self.term {
             self.messages.push((
                 from,
@@ -1376,9 +1394,9 @@ impl<L: RaftLog> Raft<L> {
                     log_end: self.log.end_offset(),
                 }),
             ));
-            return;
+            return Ok(());
         }
-        self.accept_leader(from);
+        self.accept_leader(from)?;
         // The leader only sends what it knows we durably match.
         let commit = hb.commit_end.min(self.log.end_offset());
         if commit > self.commit_end {
@@ -1391,6 +1409,7 @@ impl<L: RaftLog> Raft<L> {
                 log_end: self.log.end_offset(),
             }),
         ));
+        Ok(())
     }
 
     fn handle_snapshot(&mut self, from: NodeId, req: SnapshotRequest) -> Result<(), RaftError> {
@@ -1398,18 +1417,18 @@ impl<L: RaftLog> Raft<L> {
             self.messages.push((from, self.reject(0, 0)));
             return Ok(());
         }
-        self.accept_leader(from);
+        self.accept_leader(from)?;
         let covered = req.start <= self.log.end_offset()
             && req.start >= self.log.start_offset()
             && self.term_before(req.start) == Some(req.start_term);
         if !covered {
-            assert!(
-                req.start >= self.commit_end,
-                "{}: snapshot at {} below our commit end {}",
-                self.cfg.id,
-                req.start,
-                self.commit_end
-            );
+            if req.start < self.commit_end {
+                let reason = format!(
+                    "{}: snapshot at {} below our commit end {}",
+                    self.cfg.id, req.start, self.commit_end
+                );
+                return Err(violation(from, reason));
+            }
             tracing::debug!(id = %self.cfg.id, start = req.start, "installing snapshot");
             self.log
                 .install_snapshot(req.start, req.start_term, req.data)?;

@@ -862,6 +862,48 @@ fn a_repairing_member_neither_votes_nor_campaigns_until_refilled() {
     assert!(!c.members[&n(f)].hard_state.repairing);
 }
 
+/// Messages no correct member sends are typed errors (the group stops), never panics: a
+/// peer breaking the protocol must not crash the node (found by the rpc_frame fuzz target).
+#[test]
+fn protocol_violations_are_errors() {
+    let mut c = Cluster::new(&[1, 2, 3], &[], 16);
+    let leader = c.elect();
+    let term = c.raft(leader).term();
+    let other = if leader == 1 { 2 } else { 1 };
+    let violation = |r: Result<(), RaftError>| matches!(r, Err(RaftError::Protocol { .. }));
+    let heartbeat = |term| {
+        Message::Heartbeat(Heartbeat {
+            term,
+            commit_end: 0,
+        })
+    };
+    let r = c.raft(leader);
+    assert!(
+        violation(r.step(n(other), heartbeat(term))),
+        "a second leader in our term"
+    );
+    assert!(
+        violation(r.step(n(leader), heartbeat(term + 1))),
+        "a message from ourselves"
+    );
+    assert!(
+        violation(r.step(n(other), heartbeat(1 << 40))),
+        "a term beyond i32"
+    );
+    let ahead = Message::AppendResponse(AppendResponse {
+        term,
+        match_end: Some(1 << 20),
+        rejected_prev_end: 0,
+        hint_end: 0,
+        hint_term: 0,
+    });
+    assert!(
+        violation(r.step(n(other), ahead)),
+        "a match beyond our log end"
+    );
+    assert_eq!(r.role(), Role::Leader, "violations change nothing");
+}
+
 #[test]
 fn single_voter_group_commits_after_its_own_sync() {
     let mut c = Cluster::new(&[1], &[], 15);

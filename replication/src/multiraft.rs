@@ -70,6 +70,9 @@ pub struct MultiRaftConfig {
     pub raft: RaftConfig,
     /// Seed of this incarnation of the node; each group's jitter stream derives from it.
     pub seed: u64,
+    /// Log settings of the groups [`MultiRaft::open`] finds on disk ([`MultiRaft::create_group`]
+    /// takes its own).
+    pub log: LogConfig,
 }
 
 impl MultiRaftConfig {
@@ -79,6 +82,7 @@ impl MultiRaftConfig {
             root: root.into(),
             raft: RaftConfig::new(node, seed),
             seed,
+            log: LogConfig::default(),
         }
     }
 }
@@ -162,7 +166,8 @@ impl MultiRaft {
                 // A group whose creation never completed (or that was removed).
                 continue;
             }
-            multi.open_group(id, &dir, LogConfig::default())?;
+            let config = multi.cfg.log.clone();
+            multi.open_group(id, &dir, config)?;
         }
         Ok(multi)
     }

@@ -17,8 +17,10 @@ use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 
 use crate::io::{Clock, IoWait, Network, FRAME_SIZE_MAX_BYTES};
-use crate::multiraft::{decode_messages, encode_messages, DriverError, GroupId, MultiRaft};
-use crate::raft::{Membership, ProposeError, RaftLog, Role, Status, Term};
+use crate::multiraft::{
+    decode_messages, encode_messages, DriverError, GroupEvent, GroupId, MultiRaft,
+};
+use crate::raft::{Membership, ProposeError, RaftError, RaftLog, Role, Status, StorageError, Term};
 use crate::NodeId;
 
 /// How many ready inputs one round takes before doing its IO.
@@ -210,7 +212,14 @@ pub struct NodeLoopConfig {
     /// Awaited after each round's disk IO, before its messages and answers go out (the
     /// simulator's device latency; `None` in production).
     pub io_wait: Option<IoWait>,
+    /// Called at the end of every round with the node's state and the round's events
+    /// (observers: the simulator records leaderships and committed prefixes with it). It
+    /// must not block.
+    pub observer: Option<Observer>,
 }
+
+/// See [`NodeLoopConfig::observer`].
+pub type Observer = Arc<dyn Fn(&MultiRaft, &[GroupEvent]) + Send + Sync>;
 
 impl Default for NodeLoopConfig {
     fn default() -> Self {
@@ -218,6 +227,7 @@ impl Default for NodeLoopConfig {
             tick: Duration::from_millis(10),
             ack_before_quorum: false,
             io_wait: None,
+            observer: None,
         }
     }
 }
@@ -278,7 +288,10 @@ pub async fn run_node(
                 network.send(to, frame);
             }
         }
-        multi.take_events();
+        let events = multi.take_events();
+        if let Some(observe) = &cfg.observer {
+            observe(&multi, &events);
+        }
         resolve_waiters(&multi, &mut waiters, cfg.ack_before_quorum);
     };
     for (_, ws) in std::mem::take(&mut waiters) {
@@ -358,14 +371,30 @@ fn handle_command(
                 Some(r) => {
                     let log = r.log().log();
                     let commit_end = r.commit_end();
-                    log.read(from.max(log.log_start_offset()), max_bytes, commit_end)
-                        .map(|read| CommittedRead {
+                    match log.read(from.max(log.log_start_offset()), max_bytes, commit_end) {
+                        Ok(read) => Ok(CommittedRead {
                             bytes: read.bytes,
                             next_offset: read.next_offset,
                             log_start: log.log_start_offset(),
                             commit_end,
-                        })
-                        .map_err(|e| e.to_string())
+                        }),
+                        Err(e @ fjord_log::LogError::Corrupt { .. }) => {
+                            // Committed data failed its checksum: like a corrupt read on the
+                            // replication path, the log is verified whole at restart (this
+                            // member then repairs from its peers). Serving around the hole
+                            // would stall every reader of this replica forever.
+                            let _ = reply.send(Err(e.to_string()));
+                            multi.mark_for_verification(group);
+                            return Err(DriverError::Raft {
+                                group,
+                                source: RaftError::Storage(StorageError {
+                                    corrupt: true,
+                                    message: e.to_string(),
+                                }),
+                            });
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
             };
             let _ = reply.send(result);

@@ -57,6 +57,8 @@ pub mod disk;
 #[cfg(madsim)]
 pub mod network;
 #[cfg(madsim)]
+pub mod raft;
+#[cfg(madsim)]
 pub mod runner;
 #[cfg(madsim)]
 pub mod scheduler;
@@ -73,4 +75,4 @@ pub mod world;
 
 /// Registered workloads; the first is the default.
 #[cfg(madsim)]
-pub const WORKLOADS: &[&workload::WorkloadKind] = &[&toy::KIND];
+pub const WORKLOADS: &[&workload::WorkloadKind] = &[&toy::KIND, &raft::KIND];

@@ -21,7 +21,11 @@ fn worlds_pass_and_replay_exactly() {
     let o = opts(None, Bugs::none());
     for seed in 0..6 {
         let r = run(seed, &o);
-        assert!(r.failure.is_none(), "seed {seed}: {}", r.failure.expect("failed"));
+        assert!(
+            r.failure.is_none(),
+            "seed {seed}: {}",
+            r.failure.expect("failed")
+        );
         assert!(r.ops > 50, "seed {seed}: clients ran: {} ops", r.ops);
     }
     assert_eq!(run(3, &o).trace_hash, run(3, &o).trace_hash);

@@ -55,6 +55,9 @@ enum Command {
         /// configuration file (default: off).
         #[arg(long, value_parser = parse_metrics_addr)]
         metrics_addr: Option<MetricsAddr>,
+        /// Where this broker keeps its data; overrides `data_dir` of the configuration file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Create, list, describe, alter or delete topics.
     Topic {
@@ -244,10 +247,16 @@ fn main() -> anyhow::Result<()> {
             Command::Broker {
                 config,
                 metrics_addr,
+                data_dir,
             } => {
-                let mut spec = BrokerFile::load(&config)?.spec()?;
+                let mut spec = BrokerFile::load(&config)
+                    .and_then(|f| f.spec())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
                 if let Some(MetricsAddr(addr)) = metrics_addr {
                     spec.metrics_listen = addr;
+                }
+                if let Some(dir) = data_dir {
+                    spec.data_dir = dir;
                 }
                 let node = server::start_node(spec).await?;
                 println!(

@@ -306,8 +306,22 @@ pub struct BrokerFile {
     pub auto_create_topics: bool,
     #[serde(default)]
     pub default_partitions: Option<i32>,
+    /// Also the replicas of `__consumer_offsets` unless `offsets_topic_replication_factor`
+    /// is given.
     #[serde(default)]
     pub default_replication_factor: Option<i16>,
+    /// `offsets.topic.replication.factor` (Kafka's default: 3).
+    #[serde(default)]
+    pub offsets_topic_replication_factor: Option<i16>,
+    /// `offsets.topic.num.partitions` (Kafka's default: 50).
+    #[serde(default)]
+    pub offsets_topic_num_partitions: Option<u32>,
+    /// `group.initial.rebalance.delay.ms` (Kafka's default: 3000).
+    #[serde(default)]
+    pub group_initial_rebalance_delay_ms: Option<i32>,
+    /// How often leaders move partitions back to their preferred replica (default: 30000).
+    #[serde(default)]
+    pub leader_balance_interval_ms: Option<u64>,
     /// Controller voters: node id → node-to-node address.
     pub controller_voters: BTreeMap<String, SocketAddr>,
     /// Prometheus endpoint (`GET /metrics`), e.g. "127.0.0.1:9644"; not served if absent.
@@ -337,6 +351,19 @@ impl BrokerFile {
             defaults.default_replication_factor = rf;
             defaults.offsets_topic_replication_factor = rf;
         }
+        if let Some(rf) = self.offsets_topic_replication_factor {
+            defaults.offsets_topic_replication_factor = rf;
+        }
+        if let Some(n) = self.offsets_topic_num_partitions {
+            defaults.offsets_topic_num_partitions = n;
+        }
+        let mut group = crate::group::GroupConfig::default();
+        if let Some(ms) = self.group_initial_rebalance_delay_ms {
+            group.initial_rebalance_delay_ms = ms;
+        }
+        group
+            .validate()
+            .map_err(|e| anyhow::anyhow!("group settings: {e}"))?;
         Ok(NodeSpec {
             node_id: NodeId(self.node_id),
             data_dir: self.data_dir.clone(),
@@ -354,10 +381,12 @@ impl BrokerFile {
             defaults,
             auto_create_topics: self.auto_create_topics,
             seed: seed_from_clock(self.node_id),
-            leader_balance_interval: Duration::from_secs(30),
+            leader_balance_interval: Duration::from_millis(
+                self.leader_balance_interval_ms.unwrap_or(30_000).max(1),
+            ),
             log_maintenance_interval: Duration::from_secs(5),
             metrics_listen: self.metrics_listen,
-            group: crate::group::GroupConfig::default(),
+            group,
         })
     }
 }
@@ -376,5 +405,34 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example cluster (config/cluster/, started by scripts/cluster) is three voters that
+    /// agree on the voters and use distinct ports.
+    #[test]
+    fn example_cluster_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster");
+        let mut ports = BTreeSet::new();
+        let mut voters = None;
+        for id in 1..=3u32 {
+            let spec = BrokerFile::load(&dir.join(format!("node{id}.toml")))
+                .and_then(|f| f.spec())
+                .expect("loads");
+            assert_eq!(spec.node_id, NodeId(id));
+            assert_eq!(spec.voters.get(&NodeId(id)), Some(&spec.rpc_listen));
+            assert_eq!(spec.defaults.default_replication_factor, 3);
+            assert_eq!(spec.group.initial_rebalance_delay_ms, 0);
+            for addr in [Some(spec.kafka_listen), Some(spec.rpc_listen), spec.metrics_listen] {
+                let addr = addr.expect("metrics served");
+                assert!(addr.ip().is_loopback());
+                assert!(ports.insert(addr.port()), "port {} twice", addr.port());
+            }
+            assert_eq!(*voters.get_or_insert(spec.voters.clone()), spec.voters);
+        }
     }
 }

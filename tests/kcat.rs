@@ -52,8 +52,17 @@ fn kcat_produce_and_consume() {
     produce(&cluster, "kc", &lines, cluster.dir.path());
 
     let mut cmd = Command::new("kcat");
-    cmd.args(["-b", &cluster.bootstrap(), "-t", "kc", "-C", "-o", "beginning", "-e"])
-        .args(["-q", "-f", "MSG %p %o %k %s\\n"]);
+    cmd.args([
+        "-b",
+        &cluster.bootstrap(),
+        "-t",
+        "kc",
+        "-C",
+        "-o",
+        "beginning",
+        "-e",
+    ])
+    .args(["-q", "-f", "MSG %p %o %k %s\\n"]);
     let out = run("kcat -C", cmd, KCAT_TIME_MAX);
     let recs: Vec<Rec> = out.lines().filter_map(parse).collect();
     assert_eq!(recs.len(), 300, "records read back:\n{out}");
@@ -66,7 +75,11 @@ fn kcat_produce_and_consume() {
     let mut last_offset: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_value: BTreeMap<&str, u32> = BTreeMap::new();
     for (p, o, k, v) in &recs {
-        assert_eq!(*key_partition.entry(k).or_insert(*p), *p, "key {k} in two partitions");
+        assert_eq!(
+            *key_partition.entry(k).or_insert(*p),
+            *p,
+            "key {k} in two partitions"
+        );
         let n: u32 = v[1..].parse().expect("value vN");
         assert_eq!(format!("k{}", n % 10), *k, "value {v} under key {k}");
         if let Some(prev) = last_offset.insert(*p, *o) {
@@ -116,7 +129,14 @@ impl Member {
         let list = last.split("assigned:").nth(1)?;
         Some(
             list.split(',')
-                .filter_map(|p| p.split('[').nth(1)?.trim_end_matches(']').trim().parse().ok())
+                .filter_map(|p| {
+                    p.split('[')
+                        .nth(1)?
+                        .trim_end_matches(']')
+                        .trim()
+                        .parse()
+                        .ok()
+                })
                 .collect(),
         )
     }
@@ -132,11 +152,17 @@ fn kcat_balanced_group_splits_partitions() {
     let a = Member::start(&cluster, "a", "kg");
     let b = Member::start(&cluster, "b", "kg");
     let all: BTreeSet<i32> = (0..4).collect();
-    let (pa, pb) = wait_for("two members with two partitions each", KCAT_TIME_MAX, || {
-        let (pa, pb) = (a.assigned()?, b.assigned()?);
-        (pa.len() == 2 && pb.len() == 2 && pa.union(&pb).copied().collect::<BTreeSet<_>>() == all)
-            .then_some((pa, pb))
-    });
+    let (pa, pb) = wait_for(
+        "two members with two partitions each",
+        KCAT_TIME_MAX,
+        || {
+            let (pa, pb) = (a.assigned()?, b.assigned()?);
+            (pa.len() == 2
+                && pb.len() == 2
+                && pa.union(&pb).copied().collect::<BTreeSet<_>>() == all)
+                .then_some((pa, pb))
+        },
+    );
 
     let lines: Vec<String> = (0..200).map(|i| format!("k{i}:v{i}")).collect();
     produce(&cluster, "kg", &lines, cluster.dir.path());
@@ -145,8 +171,14 @@ fn kcat_balanced_group_splits_partitions() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let (ra, rb) = (a.records(), b.records());
-    assert!(ra.iter().all(|r| pa.contains(&r.0)), "a read outside {pa:?}: {ra:?}");
-    assert!(rb.iter().all(|r| pb.contains(&r.0)), "b read outside {pb:?}: {rb:?}");
+    assert!(
+        ra.iter().all(|r| pa.contains(&r.0)),
+        "a read outside {pa:?}: {ra:?}"
+    );
+    assert!(
+        rb.iter().all(|r| pb.contains(&r.0)),
+        "b read outside {pb:?}: {rb:?}"
+    );
     assert!(!ra.is_empty() && !rb.is_empty(), "one member read nothing");
     let mut values: Vec<&str> = ra.iter().chain(&rb).map(|r| r.3.as_str()).collect();
     values.sort_unstable();
@@ -158,7 +190,9 @@ fn kcat_balanced_group_splits_partitions() {
     // reads what comes next, nothing of it twice and none of the first 200 again.
     let mut b = b;
     b.proc.signal("TERM");
-    b.proc.wait(Duration::from_secs(20)).expect("kcat -G stops on SIGTERM");
+    b.proc
+        .wait(Duration::from_secs(20))
+        .expect("kcat -G stops on SIGTERM");
     wait_for("a owns every partition", KCAT_TIME_MAX, || {
         (a.assigned()? == all).then_some(())
     });

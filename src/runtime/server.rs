@@ -427,7 +427,11 @@ mod tests {
             assert_eq!(spec.voters.get(&NodeId(id)), Some(&spec.rpc_listen));
             assert_eq!(spec.defaults.default_replication_factor, 3);
             assert_eq!(spec.group.initial_rebalance_delay_ms, 0);
-            for addr in [Some(spec.kafka_listen), Some(spec.rpc_listen), spec.metrics_listen] {
+            for addr in [
+                Some(spec.kafka_listen),
+                Some(spec.rpc_listen),
+                spec.metrics_listen,
+            ] {
                 let addr = addr.expect("metrics served");
                 assert!(addr.ip().is_loopback());
                 assert!(ports.insert(addr.port()), "port {} twice", addr.port());

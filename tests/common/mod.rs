@@ -89,7 +89,10 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -229,7 +232,9 @@ pub fn run(name: &str, mut cmd: Command, limit: Duration) -> String {
     match status {
         Some(s) if s.success() => stdout,
         Some(s) => panic!("{name} failed ({s})\n--- stdout\n{stdout}\n--- stderr\n{stderr}"),
-        None => panic!("{name} timed out after {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"),
+        None => {
+            panic!("{name} timed out after {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+        }
     }
 }
 
@@ -416,8 +421,14 @@ impl Cluster {
     /// `fjord ARGS --bootstrap-server …`, asserting success.
     pub fn fjord(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fjord"));
-        cmd.args(args).arg("--bootstrap-server").arg(self.bootstrap());
-        run(&format!("fjord {}", args.join(" ")), cmd, Duration::from_secs(30))
+        cmd.args(args)
+            .arg("--bootstrap-server")
+            .arg(self.bootstrap());
+        run(
+            &format!("fjord {}", args.join(" ")),
+            cmd,
+            Duration::from_secs(30),
+        )
     }
 
     /// Creates `topic` (retried until enough brokers have registered) and waits until every
@@ -500,9 +511,16 @@ impl Cluster {
     }
 
     /// The value of `metric{node="id",topic="t",partition="p"}` on broker `id`.
-    pub fn partition_metric(&self, id: u32, metric: &str, topic: &str, partition: i32) -> Option<i64> {
+    pub fn partition_metric(
+        &self,
+        id: u32,
+        metric: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Option<i64> {
         let body = self.try_metrics(id)?;
-        let series = format!("{metric}{{node=\"{id}\",topic=\"{topic}\",partition=\"{partition}\"}} ");
+        let series =
+            format!("{metric}{{node=\"{id}\",topic=\"{topic}\",partition=\"{partition}\"}} ");
         body.lines()
             .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
             .map(|v| v as i64)
@@ -512,7 +530,8 @@ impl Cluster {
     pub fn kill(&mut self, id: u32) {
         let mut p = self.procs[id as usize - 1].take().expect("broker runs");
         p.signal("KILL");
-        p.wait(Duration::from_secs(10)).expect("killed broker exits");
+        p.wait(Duration::from_secs(10))
+            .expect("killed broker exits");
     }
 
     /// SIGTERM: a graceful stop (leaderships handed over); waits for the exit.
@@ -537,7 +556,10 @@ impl Cluster {
             .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         entries.sort();
-        for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+        for path in entries
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             let _ = writeln!(out, "--- {}", path.display());

@@ -12,9 +12,20 @@
 //!   durable. The node never continues past a failed sync.
 //! * **Latency** is accounted, not blocked on: each operation adds a sampled service time to
 //!   the device's busy-until time, and [`SimDisk::settle`] sleeps until the device has done
-//!   everything issued so far. A driver that wants realistic timing awaits it before
-//!   reporting durability (e.g. after `sync`).
+//!   everything issued so far. A driver awaits it before reporting durability (e.g. after
+//!   `sync`).
+//! * **Deferred syncs** ([`SimDevice::defer_syncs`], off by default): a file `sync` issued at
+//!   time `t` makes its writes durable only once the device completes it (`t` plus its
+//!   service time, after everything queued before it); a crash earlier resolves them like
+//!   unsynced writes, so a node that acknowledges before [`SimDisk::settle`] can lose what it
+//!   acknowledged. Workloads switch it on to inject "acknowledge before the fsync completes".
+//!   It is not the default because it is not a faithful model of a correct node: a real
+//!   `fsync` blocks the process, so nothing issued after it can become durable before it,
+//!   whereas here later writes and `sync_dir`s (which stay immediate) can. Modelling that
+//!   ordering (dropping, at a crash, everything issued after the first incomplete sync) is
+//!   what a default-on version needs.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +56,10 @@ struct Timing {
     rng: ChaCha8Rng,
     params: DiskParams,
     busy_until: Duration,
+    /// Deferred syncs issued and not yet completed: `(completion time, MemDisk ticket)`, in
+    /// order (empty unless [`SimDevice::defer_syncs`]).
+    in_flight: VecDeque<(Duration, u64)>,
+    defer_syncs: bool,
 }
 
 impl fmt::Debug for SimDevice {
@@ -67,6 +82,8 @@ impl SimDevice {
                 rng,
                 params,
                 busy_until: Duration::ZERO,
+                in_flight: VecDeque::new(),
+                defer_syncs: false,
             })),
             now: time::Now::current(),
         }
@@ -82,7 +99,53 @@ impl SimDevice {
             .sync_fail = 0.0;
     }
 
+    /// From now on a file `sync` takes effect only when the device completes it (see the
+    /// module docs).
+    pub fn defer_syncs(&self) {
+        self.timing.lock().expect("disk timing poisoned").defer_syncs = true;
+        self.mem.defer_syncs(true);
+    }
+
+    /// Power loss: completes the syncs the device finished by now, then crashes the MemDisk
+    /// (everything else pending is dropped, kept or torn).
+    pub fn crash(&self) {
+        self.complete_due();
+        self.timing
+            .lock()
+            .expect("disk timing poisoned")
+            .in_flight
+            .clear();
+        self.mem.crash();
+    }
+
+    /// Makes durable the syncs the device has completed by now.
+    fn complete_due(&self) {
+        let now = self.now.get();
+        let mut done = None;
+        {
+            let mut t = self.timing.lock().expect("disk timing poisoned");
+            while t.in_flight.front().is_some_and(|(at, _)| *at <= now) {
+                done = t.in_flight.pop_front().map(|(_, ticket)| ticket);
+            }
+        }
+        if let Some(ticket) = done {
+            self.mem.complete_syncs(ticket);
+        }
+    }
+
+    /// A sync was issued (and charged): it completes when the device is done with it.
+    fn issued_sync(&self) {
+        let ticket = self.mem.last_sync_ticket();
+        let mut t = self.timing.lock().expect("disk timing poisoned");
+        if !t.defer_syncs {
+            return;
+        }
+        let at = t.busy_until;
+        t.in_flight.push_back((at, ticket));
+    }
+
     fn charge(&self, sync: bool) {
+        self.complete_due();
         let now = self.now.get();
         let mut t = self.timing.lock().expect("disk timing poisoned");
         let mean = if sync {
@@ -174,7 +237,12 @@ impl SimDisk {
     /// Completes when the device has served every operation issued so far (simulated
     /// latency; see the module docs).
     pub fn settle(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        time::sleep_until(self.inc.device.busy_until())
+        let device = self.inc.device.clone();
+        let at = device.busy_until();
+        async move {
+            time::sleep_until(at).await;
+            device.complete_due();
+        }
     }
 
     fn op<T>(
@@ -275,6 +343,9 @@ impl DiskFile for SimFile {
         self.inc.check(&self.path)?;
         self.inc.device.charge(true);
         let result = self.inner.sync();
+        if result.is_ok() {
+            self.inc.device.issued_sync();
+        }
         self.inc.fatal(&self.path, result)
     }
 }

@@ -297,7 +297,7 @@ impl World {
         }
         Handle::current().kill(self.madsim_id(n));
         self.net.take_down(n);
-        self.devices[&n].mem.crash();
+        self.devices[&n].crash();
         self.slots().get_mut(&n).expect("server slot").state = NodeState::Down;
         tracing::info!(node = %n, "crash");
     }

@@ -303,7 +303,7 @@ fn synced_writes_survive_a_crash_and_unsynced_ones_may_not() {
             let before = time::now();
             disk.settle().await;
             assert!(time::now() > before);
-            dev.mem.crash();
+            dev.crash();
             let after = read_all(&view(&dev, 1, &stops), path);
             assert!(after.starts_with(b"durable"), "{after:?}");
             if after.len() < 15 || &after[7..] != b"+pending" {
@@ -313,6 +313,35 @@ fn synced_writes_survive_a_crash_and_unsynced_ones_may_not() {
         });
     }
     assert!(lost > 0, "a crash should sometimes lose unsynced writes");
+}
+
+#[test]
+fn a_deferred_sync_takes_effect_when_the_device_completes_it() {
+    let path = Path::new("/f");
+    let mut lost = 0;
+    for seed in 0..20 {
+        sim(seed, async {
+            let stops = Arc::new(AtomicU32::new(0));
+            let dev = device(seed, 0.0);
+            dev.defer_syncs();
+            let disk = view(&dev, 0, &stops);
+            let mut f = disk.create(path).expect("create");
+            disk.sync_dir(Path::new("/")).expect("sync dir");
+            f.write_at(0, b"durable").expect("write");
+            f.sync().expect("sync");
+            disk.settle().await;
+            f.write_at(7, b"+synced").expect("write");
+            f.sync().expect("sync");
+            // Power fails before the device finished the second sync.
+            dev.crash();
+            let after = read_all(&view(&dev, 1, &stops), path);
+            assert!(after.starts_with(b"durable"), "{after:?}");
+            if after.len() < 14 || &after[7..] != b"+synced" {
+                lost += 1;
+            }
+        });
+    }
+    assert!(lost > 0, "a crash before the device completes a sync may lose its writes");
 }
 
 #[test]
@@ -336,7 +365,7 @@ fn a_failed_sync_stops_the_incarnation() {
         assert_eq!(stops.load(Ordering::Relaxed), 1, "reported once");
         // After heal, the next incarnation syncs fine.
         dev.heal();
-        dev.mem.crash();
+        dev.crash();
         let disk = view(&dev, 1, &stops);
         let mut f = disk.create(Path::new("/h")).expect("create");
         f.write_at(0, b"z").expect("write");

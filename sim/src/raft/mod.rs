@@ -28,8 +28,10 @@
 //! Bugs (`--inject-bug`): the [`RaftBugs`](fjord_replication::raft::RaftBugs) of the core
 //! (`vote-not-persisted`, `no-truncate-on-conflict`, `commit-old-term-by-count`),
 //! `ack-before-quorum` (the node loop answers acks=all once the leader appended), and
-//! `ack-before-fsync` (the core counts unsynced entries and the loop sends its messages without
-//! waiting for the device to finish its syncs).
+//! `ack-before-fsync` (the core counts unsynced entries toward commitment and acknowledges
+//! appends at once, the node's device completes each fsync only after its latency —
+//! `SimDevice::defer_syncs` — and the loop sends its messages without waiting for it: a crash
+//! in between loses what was acknowledged).
 
 mod client;
 pub mod proto;

@@ -86,6 +86,10 @@ fn raft_bugs(io: &NodeIo) -> RaftBugs {
 
 /// One incarnation of a server node.
 pub async fn serve(io: NodeIo, shared: Arc<Shared>) {
+    if io.bugs.is_on(ACK_BEFORE_FSYNC) {
+        // With the bug, the node acknowledges before its device completes the fsync.
+        io.sim_disk.device().defer_syncs();
+    }
     let mut cfg = MultiRaftConfig::new(io.id, "", io.seed);
     cfg.raft.bugs = raft_bugs(&io);
     cfg.raft.noop_delay_ticks = shared.noop_delay_ticks;

@@ -102,7 +102,10 @@ impl SimDevice {
     /// From now on a file `sync` takes effect only when the device completes it (see the
     /// module docs).
     pub fn defer_syncs(&self) {
-        self.timing.lock().expect("disk timing poisoned").defer_syncs = true;
+        self.timing
+            .lock()
+            .expect("disk timing poisoned")
+            .defer_syncs = true;
         self.mem.defer_syncs(true);
     }
 

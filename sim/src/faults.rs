@@ -49,10 +49,18 @@ pub enum FaultClass {
     ClockDrift,
     /// Crash every node at once, then restart them all.
     PowerLoss,
+    /// Crash a node and restart it almost at once (1–50 ms): fast supervisor restarts, so
+    /// that nodes lose their memory in the middle of elections and replication rounds.
+    Flap,
+    /// Strike the node that most recently claimed leadership (`History::leaders`): cut it
+    /// from the other servers (not from clients, so it keeps appending writes it cannot
+    /// replicate) for 0.1–1.5 s, or crash it. Leaders deposed one after another leave
+    /// divergent suffixes of many terms behind — the ground of Raft's figure-8 scenario.
+    LeaderChurn,
 }
 
 impl FaultClass {
-    pub const ALL: [FaultClass; 14] = [
+    pub const ALL: [FaultClass; 16] = [
         FaultClass::Crash,
         FaultClass::Pause,
         FaultClass::Partition,
@@ -67,7 +75,13 @@ impl FaultClass {
         FaultClass::SyncFail,
         FaultClass::ClockDrift,
         FaultClass::PowerLoss,
+        FaultClass::Flap,
+        FaultClass::LeaderChurn,
     ];
+
+    /// Classes added after the first fourteen: the swarm draws for them after everything
+    /// else, so that adding them changed no earlier seed's world.
+    const LATER: [FaultClass; 2] = [FaultClass::Flap, FaultClass::LeaderChurn];
 
     /// The name used by `--faults` and in reports.
     pub fn name(self) -> &'static str {
@@ -86,6 +100,8 @@ impl FaultClass {
             FaultClass::SyncFail => "sync-fail",
             FaultClass::ClockDrift => "clock-drift",
             FaultClass::PowerLoss => "power-loss",
+            FaultClass::Flap => "flap",
+            FaultClass::LeaderChurn => "leader-churn",
         }
     }
 
@@ -241,11 +257,15 @@ impl Swarm {
         let cluster_size = if rng.gen_bool(0.5) { 3 } else { 5 };
         // Draw for every class whether pinned or not, so that pinning does not shift the
         // other choices of the seed.
-        let coin: Vec<bool> = FaultClass::ALL.iter().map(|_| rng.gen_bool(0.5)).collect();
-        let faults: BTreeSet<FaultClass> = match pinned {
-            Some(p) => p.clone(),
-            None => FaultClass::ALL
+        let first = || {
+            FaultClass::ALL
                 .into_iter()
+                .filter(|c| !FaultClass::LATER.contains(c))
+        };
+        let coin: Vec<bool> = first().map(|_| rng.gen_bool(0.5)).collect();
+        let mut faults: BTreeSet<FaultClass> = match pinned {
+            Some(p) => p.clone(),
+            None => first()
                 .zip(coin)
                 .filter(|(c, on)| *on && supported.contains(c))
                 .map(|(c, _)| c)
@@ -253,7 +273,7 @@ impl Swarm {
         };
         let fault_phase = uniform(&mut rng, Duration::from_secs(10), Duration::from_secs(40));
         let mut mean_gap = BTreeMap::new();
-        for class in FaultClass::ALL.into_iter().filter(|c| c.is_discrete()) {
+        for class in first().filter(|c| c.is_discrete()) {
             let (lo, hi) = match class {
                 FaultClass::PowerLoss => (10, 60),
                 FaultClass::Clog => (3, 15),
@@ -292,6 +312,16 @@ impl Swarm {
             Duration::from_micros(100),
             Duration::from_millis(10),
         );
+        for class in FaultClass::LATER {
+            let on = rng.gen_bool(0.5);
+            let gap = uniform(&mut rng, Duration::from_millis(200), Duration::from_secs(2));
+            if pinned.is_none() && on && supported.contains(&class) {
+                faults.insert(class);
+            }
+            if faults.contains(&class) {
+                mean_gap.insert(class, gap);
+            }
+        }
         let on = |c| faults.contains(&c);
         if on(FaultClass::Loss) {
             net.loss = loss;

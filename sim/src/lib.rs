@@ -27,7 +27,7 @@
 //! * `world` — server nodes as madsim nodes: crash, restart, pause, power loss.
 //! * `scheduler` — injects faults during the fault phase, then heals.
 //! * `workload` — the API a system under test implements ([`workload::Workload`]);
-//!   `toy` is the engine's own small workload.
+//!   `toy` is the engine's own small workload, `raft` runs fjord's replication layer.
 //! * [`history`] and [`check`] — what a run observed and the invariants over it.
 //! * `runner` — one world, sweeps, determinism checks; `trace` — the trace and its hash.
 //!

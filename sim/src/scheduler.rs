@@ -28,6 +28,9 @@ enum Action {
     Uncut(Vec<(NodeId, NodeId)>),
     Clog(NodeId, NodeId),
     Unclog(NodeId, NodeId),
+    /// Leader churn's reaction to a new leader.
+    StrikeLeader(NodeId),
+    Flap(NodeId),
 }
 
 #[derive(Debug)]
@@ -61,6 +64,8 @@ struct Scheduler<'w> {
     seq: u64,
     /// The one server whose disk may be corrupted: a majority stays intact.
     corruptible: NodeId,
+    /// Leadership observations seen so far (leader churn reacts to new ones).
+    leaders_seen: usize,
 }
 
 fn names(nodes: &[NodeId]) -> String {
@@ -219,6 +224,24 @@ impl Scheduler<'_> {
                 tracing::info!(node = %n, ppm, wall_jump_ms = jump, "clock drift");
                 true
             }
+            FaultClass::Flap => match self.pick(|s| s != NodeState::Down) {
+                Some(n) => {
+                    w.crash(n);
+                    let down = between(
+                        &mut self.rng,
+                        Duration::from_millis(1),
+                        Duration::from_millis(50),
+                    );
+                    tracing::info!(node = %n, ?down, "flap");
+                    self.later(down, Action::Restart(n));
+                    true
+                }
+                None => false,
+            },
+            FaultClass::LeaderChurn => {
+                let leader = w.recorder.leaders_seen().1;
+                self.strike_leader(leader)
+            }
             FaultClass::PowerLoss => {
                 tracing::info!("power loss");
                 for n in w.servers.clone() {
@@ -237,6 +260,76 @@ impl Scheduler<'_> {
         };
         if injected {
             w.count(class);
+        }
+    }
+
+    /// Leader churn on `leader` (or a random node if it is unknown or down): cut it from the
+    /// other servers for a while, or crash it. Returns whether anything was injected.
+    fn strike_leader(&mut self, leader: Option<NodeId>) -> bool {
+        let w = self.world;
+        let leader = leader.filter(|n| w.servers.contains(n) && w.state(*n) != NodeState::Down);
+        match leader.or_else(|| self.pick(|s| s != NodeState::Down)) {
+            Some(n) if self.rng.gen_bool(0.7) => {
+                let span = between(
+                    &mut self.rng,
+                    Duration::from_millis(100),
+                    Duration::from_millis(1500),
+                );
+                tracing::info!(node = %n, ?span, "leader churn: cut from the servers");
+                let mut links = Vec::new();
+                for m in w.servers.iter().copied().filter(|m| *m != n) {
+                    links.push((n, m));
+                    links.push((m, n));
+                }
+                for &(from, to) in &links {
+                    w.net.cut(from, to);
+                }
+                self.later(span, Action::Uncut(links));
+                true
+            }
+            Some(n) => {
+                w.crash(n);
+                let down = between(
+                    &mut self.rng,
+                    Duration::from_millis(20),
+                    Duration::from_millis(1000),
+                );
+                tracing::info!(node = %n, ?down, "leader churn: crash");
+                self.later(down, Action::Restart(n));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Leader churn also reacts to every new leadership observation: it strikes the new
+    /// leader soon after (before it has replicated much of its own), and sometimes flaps
+    /// another node (a voter losing its memory right after an election).
+    fn react_to_leaders(&mut self) {
+        let (seen, last) = self.world.recorder.leaders_seen();
+        if seen == self.leaders_seen {
+            return;
+        }
+        self.leaders_seen = seen;
+        let Some(leader) = last else {
+            return;
+        };
+        if self.rng.gen_bool(0.6) {
+            let delay = between(&mut self.rng, Duration::ZERO, Duration::from_millis(150));
+            self.later(delay, Action::StrikeLeader(leader));
+        }
+        if self.rng.gen_bool(0.3) {
+            let delay = between(&mut self.rng, Duration::ZERO, Duration::from_millis(50));
+            let others: Vec<NodeId> = self
+                .world
+                .servers
+                .iter()
+                .copied()
+                .filter(|n| *n != leader)
+                .collect();
+            if let Some(&n) = others.choose(&mut self.rng) {
+                self.later(delay, Action::Flap(n));
+            }
         }
     }
 
@@ -294,9 +387,30 @@ impl Scheduler<'_> {
             }
             Action::Clog(a, b) => w.net.clog(a, b),
             Action::Unclog(a, b) => w.net.unclog(a, b),
+            Action::StrikeLeader(n) => {
+                if self.strike_leader(Some(n)) {
+                    w.count(FaultClass::LeaderChurn);
+                }
+            }
+            Action::Flap(n) => {
+                if w.state(n) != NodeState::Down {
+                    w.crash(n);
+                    let down = between(
+                        &mut self.rng,
+                        Duration::from_millis(1),
+                        Duration::from_millis(50),
+                    );
+                    tracing::info!(node = %n, ?down, "leader churn: flap");
+                    self.later(down, Action::Restart(n));
+                    w.count(FaultClass::Flap);
+                }
+            }
         }
     }
 }
+
+/// How often leader churn looks for new leadership observations.
+const LEADER_WATCH_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Runs the fault phase of `world` for `length` of simulated time.
 pub async fn fault_phase(world: &World, length: Duration) {
@@ -308,7 +422,9 @@ pub async fn fault_phase(world: &World, length: Duration) {
         timeline: BinaryHeap::new(),
         seq: 0,
         corruptible,
+        leaders_seen: 0,
     };
+    let churn = world.swarm.faults.contains(&FaultClass::LeaderChurn);
     let end = time::now() + length;
     let mut next: BTreeMap<FaultClass, Duration> = BTreeMap::new();
     for (&class, &mean) in &world.swarm.mean_gap {
@@ -318,7 +434,9 @@ pub async fn fault_phase(world: &World, length: Duration) {
     loop {
         let due_fault = next.iter().map(|(c, at)| (*at, *c)).min();
         let due_action = s.timeline.peek().map(|t| t.0.at);
-        let wake = [due_fault.map(|d| d.0), due_action, Some(end)]
+        // Leader churn watches for new leaders every few milliseconds.
+        let watch = churn.then(|| time::now() + LEADER_WATCH_INTERVAL);
+        let wake = [due_fault.map(|d| d.0), due_action, watch, Some(end)]
             .into_iter()
             .flatten()
             .min()
@@ -327,6 +445,9 @@ pub async fn fault_phase(world: &World, length: Duration) {
         let now = time::now();
         if now >= end {
             break;
+        }
+        if churn {
+            s.react_to_leaders();
         }
         while s.timeline.peek().is_some_and(|t| t.0.at <= now) {
             let Some(Reverse(t)) = s.timeline.pop() else {

@@ -230,6 +230,12 @@ impl Recorder {
         });
     }
 
+    /// How many leadership observations there are, and the node of the latest.
+    pub fn leaders_seen(&self) -> (usize, Option<NodeId>) {
+        let h = self.lock();
+        (h.leaders.len(), h.leaders.last().map(|l| l.node))
+    }
+
     /// `node`'s committed prefix of `partition` up to `offset` hashes to `hash`.
     pub fn prefix(&self, node: NodeId, partition: Partition, offset: Offset, hash: u64) {
         let at = time::now();

@@ -341,7 +341,10 @@ fn a_deferred_sync_takes_effect_when_the_device_completes_it() {
             }
         });
     }
-    assert!(lost > 0, "a crash before the device completes a sync may lose its writes");
+    assert!(
+        lost > 0,
+        "a crash before the device completes a sync may lose its writes"
+    );
 }
 
 #[test]

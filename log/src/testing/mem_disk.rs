@@ -896,7 +896,11 @@ mod tests {
             assert_eq!(disk.durable_len(Path::new("d/f")), Some(10), "seed {seed}");
             disk.crash();
             let content = read_all(&disk, "d/f");
-            assert_eq!(content[..10], [1; 10], "seed {seed}: the completed sync holds");
+            assert_eq!(
+                content[..10],
+                [1; 10],
+                "seed {seed}: the completed sync holds"
+            );
             lost += usize::from(content.len() < 20);
         }
         assert!(lost > 0, "an uncompleted sync can be lost");

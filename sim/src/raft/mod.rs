@@ -80,6 +80,15 @@ pub const KIND: WorkloadKind = WorkloadKind {
 /// Name of the check that reports protocol violations seen by the nodes.
 pub const PROTOCOL_CHECK: &str = "protocol-violation";
 
+/// Raft settings a world picks (see `build`).
+#[derive(Clone, Copy, Debug)]
+pub struct RaftSettings {
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// Election timeouts are drawn from `[min, min + jitter)` ticks.
+    pub election_jitter_ticks: u32,
+}
+
 /// What every node and client of a world shares.
 pub struct Shared {
     pub servers: Vec<NodeId>,
@@ -87,6 +96,7 @@ pub struct Shared {
     pub groups: Arc<Vec<Vec<NodeId>>>,
     pub recorder: Recorder,
     pub noop_delay_ticks: u32,
+    pub raft: RaftSettings,
     pub log_config: LogConfig,
     /// Protocol violations the nodes reported.
     violations: Mutex<Vec<String>>,
@@ -117,12 +127,25 @@ fn build(info: &WorldInfo) -> Arc<dyn Workload> {
             }
         })
         .collect();
-    // Half the worlds delay each new leader's no-op, so that leaders replicate entries of
+    // Most worlds delay each new leader's no-op, so that leaders replicate entries of
     // earlier terms before any of their own (still correct Raft; see RaftConfig).
-    let noop_delay_ticks = if rng.gen_bool(0.5) {
+    let noop_delay_ticks = if rng.gen_bool(0.25) {
         0
     } else {
         rng.gen_range(1..=30)
+    };
+    // Swarm over the Raft settings: production's (pre-vote, check-quorum, wide election
+    // jitter) in half the worlds; otherwise each protection may be off and the jitter narrow,
+    // so that elections collide (split votes, two candidates of one term) far more often.
+    let production = rng.gen_bool(0.5);
+    let raft = RaftSettings {
+        pre_vote: production || rng.gen_bool(0.5),
+        check_quorum: production || rng.gen_bool(0.5),
+        election_jitter_ticks: if production || rng.gen_bool(0.5) {
+            30
+        } else {
+            rng.gen_range(2..=6)
+        },
     };
     Arc::new(RaftWorkload {
         shared: Arc::new(Shared {
@@ -130,6 +153,7 @@ fn build(info: &WorldInfo) -> Arc<dyn Workload> {
             groups: Arc::new(groups),
             recorder: info.recorder.clone(),
             noop_delay_ticks,
+            raft,
             log_config: LogConfig {
                 // Small segments: closed segments, rolling, and corruption found on read.
                 segment_size_max_bytes: 16 * 1024,

@@ -93,6 +93,10 @@ pub async fn serve(io: NodeIo, shared: Arc<Shared>) {
     let mut cfg = MultiRaftConfig::new(io.id, "", io.seed);
     cfg.raft.bugs = raft_bugs(&io);
     cfg.raft.noop_delay_ticks = shared.noop_delay_ticks;
+    cfg.raft.pre_vote = shared.raft.pre_vote;
+    cfg.raft.check_quorum = shared.raft.check_quorum;
+    cfg.raft.election_timeout_max_ticks =
+        cfg.raft.election_timeout_min_ticks + shared.raft.election_jitter_ticks;
     cfg.log = shared.log_config.clone();
     let mut multi = match MultiRaft::open(cfg, io.disk.clone()) {
         Ok(m) => m,

@@ -500,3 +500,55 @@ async fn retention_deletes_old_segments_and_compaction_keeps_the_latest_value() 
         n.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+/// Broker ids in a Metadata answer.
+async fn listed_brokers(conn: &KafkaConnection) -> Option<Vec<i32>> {
+    let mut req = MetadataRequest::default();
+    req.topics = Some(vec![]);
+    let resp = conn.call(req).await.ok()?;
+    Some(resp.brokers.iter().map(|b| b.node_id.0).collect())
+}
+
+/// A restarted broker serves clients only once it is registered and unfenced again, so every
+/// Metadata answer it gives lists it. (It used to answer at once: for about a heartbeat its
+/// new registration was fenced and Metadata listed no broker while FindCoordinator named it;
+/// librdkafka then dropped the coordinator and its consumer never completed a SyncGroup.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_lists_itself_in_every_metadata_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let rpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let spec = NodeSpec {
+        cluster_id: Some("restart".into()),
+        defaults: ClusterDefaults {
+            offsets_topic_replication_factor: 1,
+            offsets_topic_num_partitions: 1,
+            ..ClusterDefaults::default()
+        },
+        seed: 1,
+        ..NodeSpec::local(NodeId(1), dir.path().join("n1"), BTreeMap::from([(NodeId(1), rpc)]))
+    };
+    for run in 0..2 {
+        // The previous run's tasks let go of its node-to-node port shortly after shutdown.
+        let node = eventually("node restarted", || {
+            let spec = NodeSpec {
+                seed: run,
+                ..spec.clone()
+            };
+            async move { start_node(spec).await.ok() }
+        })
+        .await;
+        let conn = connect(node.kafka.local_addr()).await;
+        for _ in 0..100 {
+            let brokers = tokio::time::timeout(Duration::from_secs(20), listed_brokers(&conn))
+                .await
+                .expect("answered once serving")
+                .expect("metadata");
+            assert_eq!(brokers, vec![1], "run {run}: brokers listed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node.shutdown(Duration::from_secs(2)).await;
+    }
+}

@@ -53,6 +53,10 @@ pub struct BrokerStatus {
     pub metadata_applied: u64,
     pub cluster_id: String,
     pub registered: bool,
+    /// Registered under this process's incarnation and unfenced in the local metadata image:
+    /// the broker lists itself to clients and may serve them (Kafka enables its client
+    /// listeners at this point, once the broker is unfenced).
+    pub serving: bool,
     /// Every local Raft group's role, term and offsets.
     pub groups: BTreeMap<GroupId, fjord_replication::raft::Status>,
     /// Leaders known for every partition, local or gossiped.
@@ -383,6 +387,7 @@ impl Node {
             metadata_applied: self.image.applied_end(),
             cluster_id: self.image.cluster_id().unwrap_or_default().to_string(),
             registered: self.registered,
+            serving: self.serving(),
             groups: self
                 .multi
                 .group_ids()
@@ -833,6 +838,15 @@ impl Node {
                 }
             },
         }
+    }
+
+    /// See [`BrokerStatus::serving`].
+    fn serving(&self) -> bool {
+        self.registered
+            && self
+                .image
+                .broker(self.id())
+                .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced)
     }
 
     fn on_internal_reply(&mut self, what: &'static str, reply: ControllerReply) {

@@ -147,10 +147,26 @@ pub async fn serve_kafka(
     handler: Arc<dyn RequestHandler>,
     limits: ConnectionLimits,
 ) -> io::Result<KafkaServerHandle> {
+    serve_kafka_when(listen, handler, limits, futures::future::ready(())).await
+}
+
+/// [`serve_kafka`], but connections are accepted only once `ready` completes: the port is
+/// bound at once (it can be advertised, clients' connections wait in the backlog), and no
+/// request is answered before the broker can answer it truthfully.
+pub async fn serve_kafka_when(
+    listen: SocketAddr,
+    handler: Arc<dyn RequestHandler>,
+    limits: ConnectionLimits,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
+) -> io::Result<KafkaServerHandle> {
     let listener = TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, "kafka listener open");
-    let accept_task = tokio::spawn(accept_loop(listener, handler, limits)).abort_handle();
+    let accept_task = tokio::spawn(async move {
+        ready.await;
+        accept_loop(listener, handler, limits).await
+    })
+    .abort_handle();
     Ok(KafkaServerHandle {
         local_addr,
         accept_task,

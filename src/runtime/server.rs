@@ -14,10 +14,13 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::metrics::{serve_metrics, MetricsServerHandle};
-use super::{serve_kafka, KafkaServerHandle, TcpNetwork, TokioClock, TokioSpawner};
+use super::{serve_kafka_when, KafkaServerHandle, TcpNetwork, TokioClock, TokioSpawner};
 use crate::broker::{self, BrokerConfig, BrokerHandle, BrokerIo};
 use crate::controller::ClusterDefaults;
 use crate::kafka::server::ConnectionLimits;
+
+/// How often a starting node checks whether it may serve clients.
+const SERVING_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Everything needed to run one node.
 #[derive(Clone, Debug)]
@@ -154,10 +157,27 @@ pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
         }
         result
     });
-    let kafka = serve_kafka(
+    // Clients are served once this process is registered and unfenced: before that, the
+    // broker would list no broker (or not itself) in Metadata while naming itself as group
+    // coordinator, and librdkafka drops a broker missing from Metadata, coordinator or not.
+    let serving = {
+        let handle = handle.clone();
+        async move {
+            loop {
+                match handle.status().await {
+                    Some(s) if s.serving => break,
+                    None => std::future::pending::<()>().await,
+                    Some(_) => tokio::time::sleep(SERVING_POLL_INTERVAL).await,
+                }
+            }
+            tracing::info!(node = %id, "registered and unfenced: serving clients");
+        }
+    };
+    let kafka = serve_kafka_when(
         spec.kafka_listen,
         Arc::new(handle.clone()),
         ConnectionLimits::default(),
+        serving,
     )
     .await?;
     let metrics = match spec.metrics_listen {

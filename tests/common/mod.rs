@@ -203,7 +203,12 @@ impl Drop for Proc {
 }
 
 /// Runs `cmd` to completion within `limit`, asserting success; returns its stdout.
-pub fn run(name: &str, mut cmd: Command, limit: Duration) -> String {
+pub fn run(name: &str, cmd: Command, limit: Duration) -> String {
+    try_run(name, cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `cmd` to completion within `limit`: its stdout, or why it failed with its output.
+pub fn try_run(name: &str, mut cmd: Command, limit: Duration) -> Result<String, String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
@@ -230,21 +235,23 @@ pub fn run(name: &str, mut cmd: Command, limit: Duration) -> String {
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     match status {
-        Some(s) if s.success() => stdout,
-        Some(s) => panic!("{name} failed ({s})\n--- stdout\n{stdout}\n--- stderr\n{stderr}"),
-        None => {
-            panic!("{name} timed out after {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
-        }
+        Some(s) if s.success() => Ok(stdout),
+        Some(s) => Err(format!(
+            "{name} failed ({s})\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        )),
+        None => Err(format!(
+            "{name} timed out after {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        )),
     }
 }
 
-/// `python3 tests/clients/SCRIPT ARGS` within `limit`; panics with its output on failure.
-pub fn python(script: &str, args: &[&str], limit: Duration) -> String {
+/// `python3 tests/clients/SCRIPT ARGS` within `limit`: its stdout, or why it failed.
+pub fn try_python(script: &str, args: &[&str], limit: Duration) -> Result<String, String> {
     let mut cmd = Command::new("python3");
     cmd.arg(clients_dir().join(script)).args(args);
-    let out = run(script, cmd, limit);
+    let out = try_run(script, cmd, limit)?;
     eprintln!("{script}: {}", out.trim_end());
-    out
+    Ok(out)
 }
 
 pub fn clients_dir() -> PathBuf {
@@ -547,6 +554,13 @@ impl Cluster {
         assert!(self.procs[id as usize - 1].is_none(), "broker {id} runs");
         self.spawn(id);
         self.wait_listening(id);
+    }
+
+    /// `python3 tests/clients/SCRIPT ARGS` within `limit`; panics with its output and the
+    /// brokers' logs on failure.
+    pub fn python(&self, script: &str, args: &[&str], limit: Duration) -> String {
+        try_python(script, args, limit)
+            .unwrap_or_else(|e| panic!("{e}\n=== broker logs\n{}", self.logs()))
     }
 
     /// The logs of every broker (for failure messages).

@@ -528,7 +528,11 @@ async fn a_restarted_broker_lists_itself_in_every_metadata_answer() {
             ..ClusterDefaults::default()
         },
         seed: 1,
-        ..NodeSpec::local(NodeId(1), dir.path().join("n1"), BTreeMap::from([(NodeId(1), rpc)]))
+        ..NodeSpec::local(
+            NodeId(1),
+            dir.path().join("n1"),
+            BTreeMap::from([(NodeId(1), rpc)]),
+        )
     };
     for run in 0..2 {
         // The previous run's tasks let go of its node-to-node port shortly after shutdown.

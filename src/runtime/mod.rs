@@ -11,6 +11,8 @@ pub mod server;
 mod spawner;
 
 pub use clock::TokioClock;
-pub use kafka::{serve_kafka, serve_kafka_when, KafkaServerHandle, TcpConnector, TcpFrameConnection};
+pub use kafka::{
+    serve_kafka, serve_kafka_when, KafkaServerHandle, TcpConnector, TcpFrameConnection,
+};
 pub use network::{FrameError, FrameHeader, TcpNetwork, TcpNetworkOptions, WIRE_VERSION};
 pub use spawner::TokioSpawner;

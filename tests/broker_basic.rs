@@ -425,7 +425,9 @@ async fn retention_deletes_old_segments_and_compaction_keeps_the_latest_value() 
         req.topics = vec![t];
         let resp = conn.call(req).await.ok()?;
         let start = resp.topics[0].partitions[0].offset;
-        (start > 0).then_some(start)
+        // A pass during the produce loop deletes the segments closed by then; the next
+        // pass (every 200 ms) the rest.
+        (start > 10).then_some(start)
     })
     .await;
     assert!(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fjord::runtime::{TcpNetwork, TokioClock};
+use fjord::runtime::{TcpNetwork, ThreadDiskJobs, TokioClock};
 use fjord_log::{Disk, FileDisk, LogConfig, RecordSpec};
 use fjord_replication::multiraft::{GroupId, MultiRaft, MultiRaftConfig};
 use fjord_replication::node::{run_node, Acks, NodeLoopConfig, RaftNodeHandle};
@@ -124,6 +124,7 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> BTreeMap<NodeId, RaftNodeH
         let mut cfg = MultiRaftConfig::new(*id, "", u64::from(id.0));
         cfg.raft.append_size_max_bytes = 1024 * 1024;
         let mut multi = MultiRaft::open(cfg, disk).expect("open");
+        multi.set_disk_jobs(Arc::new(ThreadDiskJobs));
         multi
             .create_group(
                 GROUP,

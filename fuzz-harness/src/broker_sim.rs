@@ -207,6 +207,7 @@ impl SimBroker {
             disk: Arc::new(MemDisk::new(7)),
             spawner: Arc::new(spawner.clone()),
             io_wait: None,
+            disk_jobs: None,
         };
         let mut config = BrokerConfig::new(NODE, BTreeSet::from([NODE]), 7);
         config.data_dir = "broker".into();

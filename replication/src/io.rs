@@ -78,6 +78,33 @@ pub trait Clock: Send + Sync + 'static {
 /// drivers have none: their syncs block until the device is done.
 pub type IoWait = std::sync::Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// One piece of a round's disk IO: a Raft group's hard-state write and log fsync.
+pub type DiskJob<'a> = Box<dyn FnOnce() + Send + 'a>;
+
+/// Runs a round's disk jobs, which are independent of one another (one per Raft group with
+/// something to persist), and returns once all of them are done.
+///
+/// [`InlineDiskJobs`] runs them one after another on the caller's thread (the simulator,
+/// tests). Production (`fjord::runtime`) runs them concurrently on threads of their own: the
+/// device then serves the fsyncs of several groups together (group commit across groups),
+/// and the executor keeps serving the network meanwhile, so a leader's appends reach its
+/// followers while its own fsync is under way.
+pub trait DiskJobs: Send + Sync + 'static {
+    fn run(&self, jobs: Vec<DiskJob<'_>>);
+}
+
+/// Runs disk jobs in order on the caller's thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InlineDiskJobs;
+
+impl DiskJobs for InlineDiskJobs {
+    fn run(&self, jobs: Vec<DiskJob<'_>>) {
+        for job in jobs {
+            job();
+        }
+    }
+}
+
 /// Starts tasks on a node's executor.
 ///
 /// Drivers never call an executor directly: production hands them a Tokio spawner

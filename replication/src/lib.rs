@@ -10,4 +10,7 @@ pub mod node;
 pub mod raft;
 pub mod storage;
 
-pub use io::{BoxFuture, Clock, Envelope, Instant, IoWait, Network, NodeId, Spawner};
+pub use io::{
+    BoxFuture, Clock, DiskJob, DiskJobs, Envelope, InlineDiskJobs, Instant, IoWait, Network,
+    NodeId, Spawner,
+};

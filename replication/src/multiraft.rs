@@ -15,8 +15,9 @@ use bytes::{Bytes, BytesMut};
 use fjord_log::{Disk, LogConfig, RecoveryReport};
 use serde::{Deserialize, Serialize};
 
+use crate::io::{DiskJob, DiskJobs, InlineDiskJobs};
 use crate::raft::{
-    HardState, Membership, Message, ProposeError, Raft, RaftConfig, RaftError, Role, Status,
+    HardState, Membership, Message, ProposeError, Raft, RaftConfig, RaftError, Ready, Role, Status,
 };
 use crate::storage::{request_verification, GroupStorageError, HardStateFile, LogStorage};
 use crate::NodeId;
@@ -134,6 +135,8 @@ pub struct MultiRaft {
     wall_clock_ms: i64,
     /// Recovery reports of the logs opened at start, by group (for logs and tests).
     recoveries: BTreeMap<GroupId, RecoveryReport>,
+    /// Runs each round's fsyncs (in order on this thread unless the runtime says otherwise).
+    disk_jobs: Arc<dyn DiskJobs>,
 }
 
 const GROUPS_DIR: &str = "groups";
@@ -156,6 +159,7 @@ impl MultiRaft {
             events: Vec::new(),
             wall_clock_ms: 0,
             recoveries: BTreeMap::new(),
+            disk_jobs: Arc::new(InlineDiskJobs),
         };
         for name in multi.disk.list(&groups_dir)? {
             let Some(id) = GroupId::parse_dir_name(&name) else {
@@ -272,6 +276,11 @@ impl MultiRaft {
         self.cfg.node
     }
 
+    /// How each round's disk jobs run (default: [`InlineDiskJobs`]).
+    pub fn set_disk_jobs(&mut self, jobs: Arc<dyn DiskJobs>) {
+        self.disk_jobs = jobs;
+    }
+
     pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
         self.groups.keys().copied()
     }
@@ -354,25 +363,46 @@ impl MultiRaft {
 
     /// Performs every group's pending IO, collecting outgoing messages and events.
     pub fn process(&mut self) -> Result<(), DriverError> {
-        for (id, g) in &mut self.groups {
-            let group = *id;
-            while g.raft.has_ready() {
-                let rd = g.raft.take_ready();
-                for (to, msg) in rd.messages {
-                    self.outbox.entry(to).or_default().push((group, msg));
+        self.process_sending(|_, _| {})
+    }
+
+    /// [`MultiRaft::process`], handing `send` the messages that may leave before this
+    /// round's disk IO (a leader's appends: Raft lets followers persist them while the
+    /// leader does) just before that IO starts. Everything produced after it stays in the
+    /// outbox.
+    ///
+    /// Each pass takes every group's [`crate::raft::Ready`], runs the disk jobs of all of
+    /// them through the [`DiskJobs`] (one job per group: hard state, then log sync), then
+    /// advances every group; passes repeat while a core has more to do (acknowledgements of
+    /// what just became durable).
+    pub fn process_sending(
+        &mut self,
+        mut send: impl FnMut(NodeId, Vec<(GroupId, Message)>),
+    ) -> Result<(), DriverError> {
+        let mut first_pass = true;
+        loop {
+            let mut readies: BTreeMap<GroupId, Ready> = BTreeMap::new();
+            for (id, g) in &mut self.groups {
+                if !g.raft.has_ready() {
+                    continue;
                 }
-                if let Some(hs) = &rd.hard_state {
-                    g.hard_state
-                        .store(hs)
-                        .map_err(|source| DriverError::Storage { group, source })?;
+                let mut rd = g.raft.take_ready();
+                for (to, msg) in std::mem::take(&mut rd.messages) {
+                    self.outbox.entry(to).or_default().push((*id, msg));
                 }
-                if rd.sync_log {
-                    use crate::raft::RaftLog as _;
-                    g.raft.log_mut().sync().map_err(|e| DriverError::Raft {
-                        group,
-                        source: RaftError::Storage(e),
-                    })?;
+                readies.insert(*id, rd);
+            }
+            if readies.is_empty() {
+                break;
+            }
+            if std::mem::take(&mut first_pass) {
+                for (to, msgs) in std::mem::take(&mut self.outbox) {
+                    send(to, msgs);
                 }
+            }
+            self.persist(&readies)?;
+            for (group, rd) in readies {
+                let g = self.groups.get_mut(&group).expect("taken from this map");
                 g.raft.advance();
                 for (to, msg) in rd.messages_after_persist {
                     self.outbox.entry(to).or_default().push((group, msg));
@@ -387,14 +417,46 @@ impl MultiRaft {
                     });
                 }
             }
+        }
+        for (id, g) in &mut self.groups {
             let commit_end = g.raft.commit_end();
             if commit_end != g.commit_end {
                 g.commit_end = commit_end;
-                self.events
-                    .push(GroupEvent::Committed { group, commit_end });
+                self.events.push(GroupEvent::Committed {
+                    group: *id,
+                    commit_end,
+                });
             }
         }
         Ok(())
+    }
+
+    /// The disk half of one pass: each group's hard state, then its log sync, groups
+    /// independently of one another. The first failure (in group order) is returned.
+    fn persist(&mut self, readies: &BTreeMap<GroupId, Ready>) -> Result<(), DriverError> {
+        let mut results: Vec<Result<(), DriverError>> = Vec::new();
+        let mut targets = Vec::new();
+        for (id, g) in &mut self.groups {
+            let Some(rd) = readies.get(id) else {
+                continue;
+            };
+            if rd.hard_state.is_none() && !rd.sync_log {
+                continue;
+            }
+            targets.push((*id, rd, &mut g.hard_state, g.raft.log_mut()));
+            results.push(Ok(()));
+        }
+        let jobs: Vec<DiskJob<'_>> = targets
+            .into_iter()
+            .zip(results.iter_mut())
+            .map(|((group, rd, hard_state, log), result)| -> DiskJob<'_> {
+                Box::new(move || {
+                    *result = persist_group(group, rd, hard_state, log);
+                })
+            })
+            .collect();
+        self.disk_jobs.run(jobs);
+        results.into_iter().collect()
     }
 
     /// Messages to send, by destination, in the order the cores produced them.
@@ -410,6 +472,28 @@ impl MultiRaft {
     pub fn is_leader(&self, id: GroupId) -> bool {
         self.group(id).is_some_and(|r| r.role() == Role::Leader)
     }
+}
+
+/// One group's persistence, in the order [`crate::raft::Ready`] requires.
+fn persist_group(
+    group: GroupId,
+    rd: &Ready,
+    hard_state: &mut HardStateFile,
+    log: &mut LogStorage,
+) -> Result<(), DriverError> {
+    if let Some(hs) = &rd.hard_state {
+        hard_state
+            .store(hs)
+            .map_err(|source| DriverError::Storage { group, source })?;
+    }
+    if rd.sync_log {
+        use crate::raft::RaftLog as _;
+        log.sync().map_err(|e| DriverError::Raft {
+            group,
+            source: RaftError::Storage(e),
+        })?;
+    }
+    Ok(())
 }
 
 /// Encodes messages for one destination into frames of at most `frame_max` bytes each

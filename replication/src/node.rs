@@ -277,7 +277,12 @@ pub async fn run_node(
             }
             inputs += 1;
         }
-        if let Err(e) = multi.process() {
+        let sent = multi.process_sending(|to, msgs| {
+            for frame in encode_messages(&msgs, FRAME_TARGET_BYTES) {
+                network.send(to, frame);
+            }
+        });
+        if let Err(e) = sent {
             break Err(e);
         }
         if let Some(wait) = &cfg.io_wait {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use fjord_log::Disk;
 use fjord_replication::raft::RaftConfig;
-use fjord_replication::{BoxFuture, Clock, IoWait, Network, NodeId, Spawner};
+use fjord_replication::{BoxFuture, Clock, DiskJobs, IoWait, Network, NodeId, Spawner};
 use futures::channel::{mpsc, oneshot};
 use futures::FutureExt;
 use kafka_protocol::messages::ResponseKind;
@@ -44,6 +44,8 @@ pub struct BrokerIo {
     /// Awaited after each round's disk IO (the simulator's device latency; `None` in
     /// production).
     pub io_wait: Option<IoWait>,
+    /// Runs each round's fsyncs (`None`: in order on the broker's task).
+    pub disk_jobs: Option<Arc<dyn DiskJobs>>,
 }
 
 /// Deliberate bugs for the simulator (all off in production).

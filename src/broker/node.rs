@@ -172,6 +172,9 @@ impl Node {
         mcfg.raft = cfg.raft.clone();
         mcfg.raft.bugs = cfg.bugs.raft;
         let mut multi = MultiRaft::open(mcfg, Arc::clone(&io.disk))?;
+        if let Some(jobs) = &io.disk_jobs {
+            multi.set_disk_jobs(Arc::clone(jobs));
+        }
         if multi.group(GroupId::METADATA).is_none() {
             // First start: every node begins with the configured controller quorum; nodes
             // outside it are added as learners by the controller once they register.
@@ -297,9 +300,15 @@ impl Node {
         Ok(())
     }
 
-    /// The disk half of a round: every group's IO.
+    /// The disk half of a round: every group's IO. A leader's appends leave before its own
+    /// fsync, so followers persist them meanwhile.
     fn round_io(&mut self) -> Result<(), BrokerError> {
-        self.multi.process()?;
+        let network = &self.io.network;
+        self.multi.process_sending(|to, msgs| {
+            for frame in raft_frames(msgs, FRAME_TARGET_BYTES) {
+                network.send(to, frame);
+            }
+        })?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod clock;
+mod disk_jobs;
 mod kafka;
 pub mod metrics;
 mod network;
@@ -11,6 +12,7 @@ pub mod server;
 mod spawner;
 
 pub use clock::TokioClock;
+pub use disk_jobs::ThreadDiskJobs;
 pub use kafka::{
     serve_kafka, serve_kafka_when, KafkaServerHandle, TcpConnector, TcpFrameConnection,
 };

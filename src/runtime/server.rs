@@ -14,7 +14,9 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::metrics::{serve_metrics, MetricsServerHandle};
-use super::{serve_kafka_when, KafkaServerHandle, TcpNetwork, TokioClock, TokioSpawner};
+use super::{
+    serve_kafka_when, KafkaServerHandle, TcpNetwork, ThreadDiskJobs, TokioClock, TokioSpawner,
+};
 use crate::broker::{self, BrokerConfig, BrokerHandle, BrokerIo};
 use crate::controller::ClusterDefaults;
 use crate::kafka::server::ConnectionLimits;
@@ -147,6 +149,7 @@ pub async fn start_node(mut spec: NodeSpec) -> anyhow::Result<RunningNode> {
         disk,
         spawner,
         io_wait: None,
+        disk_jobs: Some(Arc::new(ThreadDiskJobs)),
     };
     let (handle, run) = broker::start(io, cfg)?;
     let id = spec.node_id;

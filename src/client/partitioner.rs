@@ -79,6 +79,12 @@ impl StickyPartitioner {
         self.choose(topic, partitions, available, None, rng)
     }
 
+    /// The sticky partition of `topic` if one is chosen and valid for `partitions` (what
+    /// [`StickyPartitioner::partition`] answers without choosing).
+    pub fn current(&self, topic: &str, partitions: i32) -> Option<i32> {
+        self.current.get(topic).copied().filter(|p| *p < partitions)
+    }
+
     /// A batch of `topic` on `completed` was closed: move keyless records elsewhere, as
     /// Kafka does, so that they spread over partitions batch by batch.
     pub fn batch_completed(

@@ -57,6 +57,8 @@ pub(crate) const PARTITION_UNFINISHED_MAX: usize = 5;
 const RECORD_OVERHEAD_BYTES: usize = 26;
 /// Per header beyond its key and value (two length varints).
 const HEADER_OVERHEAD_BYTES: usize = 10;
+/// Records a new batch reserves room for at most (it grows beyond if they are smaller).
+const BATCH_RECORDS_PREALLOC_MAX: usize = 4096;
 
 pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata, ProduceError>>;
 
@@ -371,19 +373,35 @@ impl ProducerState {
             (Some(p), _) => p,
             (None, Some(key)) => partition_for_key(key, count),
             (None, None) => {
-                let available = info.available_partitions();
-                let p = self
-                    .sticky
-                    .partition(&topic, count, &available, &mut self.rng);
-                let tp = TopicPartition::new(topic.clone(), p);
-                if self.open_batch_fits(&tp, w.size) {
-                    p
-                } else {
-                    // A keyless record that needs a new batch moves on (KIP-480).
-                    self.sticky
-                        .batch_completed(&topic, p, count, &available, &mut self.rng);
-                    self.sticky
-                        .partition(&topic, count, &available, &mut self.rng)
+                // The common case (the sticky partition's open batch takes the record) needs
+                // neither the available partitions nor the generator.
+                match self.sticky.current(&topic, count) {
+                    Some(p)
+                        if self.open_batch_fits(&TopicPartition::new(topic.clone(), p), w.size) =>
+                    {
+                        p
+                    }
+                    _ => {
+                        let available = info.available_partitions();
+                        let p = self
+                            .sticky
+                            .partition(&topic, count, &available, &mut self.rng);
+                        let tp = TopicPartition::new(topic.clone(), p);
+                        if self.open_batch_fits(&tp, w.size) {
+                            p
+                        } else {
+                            // A keyless record that needs a new batch moves on (KIP-480).
+                            self.sticky.batch_completed(
+                                &topic,
+                                p,
+                                count,
+                                &available,
+                                &mut self.rng,
+                            );
+                            self.sticky
+                                .partition(&topic, count, &available, &mut self.rng)
+                        }
+                    }
                 }
             }
         };
@@ -419,7 +437,13 @@ impl ProducerState {
     ) -> bool {
         let batch_size = self.config.batch_size_bytes;
         let fits = self.open_batch_fits(&tp, size);
-        let p = self.partitions.entry(tp.clone()).or_default();
+        if !self.partitions.contains_key(&tp) {
+            self.partitions
+                .insert(tp.clone(), PartitionState::default());
+        }
+        let Some(p) = self.partitions.get_mut(&tp) else {
+            unreachable!("inserted above");
+        };
         if fits {
             let Some(batch) = p.queue.back_mut() else {
                 unreachable!("open_batch_fits saw a batch");
@@ -436,10 +460,16 @@ impl ProducerState {
         if let Some(last) = p.queue.back_mut() {
             last.closed = true;
         }
+        // Room for as many records of this size as the batch takes: no regrowth per record.
+        let capacity = (batch_size / size.max(1)).clamp(1, BATCH_RECORDS_PREALLOC_MAX);
+        let mut specs = Vec::with_capacity(capacity);
+        specs.push(spec);
+        let mut replies = Vec::with_capacity(capacity);
+        replies.push(reply);
         p.queue.push_back(Batch {
             tp,
-            specs: vec![spec],
-            replies: vec![reply],
+            specs,
+            replies,
             size_bytes: fjord_log::batch::BATCH_HEADER_SIZE_BYTES + size,
             created: now,
             closed: size >= batch_size,

@@ -418,6 +418,15 @@ impl MultiRaft {
                 }
             }
         }
+        self.collect_commits();
+        Ok(())
+    }
+
+    /// Records a [`GroupEvent::Committed`] for every group whose commit end moved since the
+    /// last call. [`MultiRaft::process`] does it too; calling it before the IO lets a driver
+    /// answer what the inputs just committed (acknowledgements received) without waiting
+    /// for the fsyncs of newer entries.
+    pub fn collect_commits(&mut self) {
         for (id, g) in &mut self.groups {
             let commit_end = g.raft.commit_end();
             if commit_end != g.commit_end {
@@ -428,7 +437,6 @@ impl MultiRaft {
                 });
             }
         }
-        Ok(())
     }
 
     /// The disk half of one pass: each group's hard state, then its log sync, groups

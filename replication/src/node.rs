@@ -277,6 +277,8 @@ pub async fn run_node(
             }
             inputs += 1;
         }
+        // Answer what the inputs already decided before the fsyncs of newer entries.
+        resolve_waiters(&multi, &mut waiters, cfg.ack_before_quorum);
         let sent = multi.process_sending(|to, msgs| {
             for frame in encode_messages(&msgs, FRAME_TARGET_BYTES) {
                 network.send(to, frame);

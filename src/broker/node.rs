@@ -281,6 +281,7 @@ impl Node {
                 }
                 inputs += 1;
             }
+            self.round_early_answers()?;
             self.round_io()?;
             if let Some(wait) = &self.io.io_wait {
                 wait().await;
@@ -297,6 +298,18 @@ impl Node {
                 shutdown = Some(reply);
             }
         }
+        Ok(())
+    }
+
+    /// Before the round's IO: answers what this round's inputs already decided (commits
+    /// advanced by acknowledgements), so that those answers do not wait for the fsyncs of
+    /// newer entries.
+    fn round_early_answers(&mut self) -> Result<(), BrokerError> {
+        self.multi.collect_commits();
+        let events = self.multi.take_events();
+        self.on_events(events)?;
+        self.resolve_produce_waiters();
+        self.resolve_fetch_waiters(false);
         Ok(())
     }
 

@@ -450,8 +450,15 @@ impl Log {
                         None => false,
                     };
                     let later_valid = self.later_segment_valid(&bases[i + 1..])?;
-                    let corrupt =
-                        !verify || below_recovery_point || out_of_order || followed || later_valid;
+                    // A full verification is asked for only after a checksum failure on
+                    // data read back as durable: whatever it finds bad is corruption, even a
+                    // last batch that looks like a torn tail write.
+                    let corrupt = verify_all
+                        || !verify
+                        || below_recovery_point
+                        || out_of_order
+                        || followed
+                        || later_valid;
                     let position = stop.position;
                     self.segments.insert(base, segment);
                     cut = Some((i, Some(position), corrupt));

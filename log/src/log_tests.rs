@@ -303,6 +303,58 @@ fn corruption_is_never_served_and_is_reported() {
 }
 
 #[test]
+fn a_bad_last_batch_found_by_full_verification_is_corruption_not_a_torn_tail() {
+    let disk = MemDisk::new(9);
+    let (mut log, _) = open_with(
+        &disk,
+        LogConfig {
+            segment_size_max_bytes: 1 << 20,
+            ..LogConfig::for_tests()
+        },
+    );
+    let stored = fill(&mut log, 3, 1);
+    log.checkpoint().expect("checkpoint");
+    // The recovery point below the last batch, as when the batches were synced after the
+    // last metadata write.
+    let m = LogMeta {
+        log_start: 0,
+        recovery_point: 0,
+        epochs: log.epochs.clone(),
+    };
+    meta::write(&disk, &dir(), &m).expect("meta");
+    drop(log);
+    let seg = dir().join(file_name(0, LOG_EXT));
+    let pos = (stored[0].len() + stored[1].len()) as u64;
+    disk.corrupt(&seg, pos + 30, 10).expect("corrupted");
+    // A plain open cannot tell bit rot in the last batch from a torn write...
+    let last = BatchHeader::parse(&stored[2]).expect("header").base_offset;
+    let (log, report) = open(&disk);
+    drop(log);
+    assert_eq!(report.corruption, None);
+    assert_eq!(report.truncated_at, Some(last));
+    // ...but a full verification (asked for after a checksum failure on read) must report
+    // the loss: the replica may have acknowledged that batch.
+    let disk = MemDisk::new(9);
+    let (mut log, _) = open_with(
+        &disk,
+        LogConfig {
+            segment_size_max_bytes: 1 << 20,
+            ..LogConfig::for_tests()
+        },
+    );
+    let stored = fill(&mut log, 3, 1);
+    log.checkpoint().expect("checkpoint");
+    meta::write(&disk, &dir(), &m).expect("meta");
+    drop(log);
+    let pos = (stored[0].len() + stored[1].len()) as u64;
+    disk.corrupt(&seg, pos + 30, 10).expect("corrupted");
+    let (log, report) =
+        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), true).expect("open");
+    assert_eq!(report.corruption, Some(last));
+    assert_eq!(log.log_end_offset(), last);
+}
+
+#[test]
 fn corruption_followed_by_valid_batches_is_reported_not_silently_cut() {
     let disk = MemDisk::new(8);
     let (mut log, _) = open_with(

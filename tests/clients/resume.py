@@ -22,8 +22,9 @@ ap.add_argument("--state", required=True, help="a JSON file carried between step
 ap.add_argument("--step", choices=("first", "next"), required=True)
 ap.add_argument("--count", type=int, default=100)
 ap.add_argument("--take", type=int, default=30)
+ap.add_argument("--group", help="default: resume-TOPIC")
 a = ap.parse_args()
-group = f"resume-{a.topic}"
+group = a.group or f"resume-{a.topic}"
 
 if a.step == "first":
     recs = [(None, f"v{i}".encode()) for i in range(a.count)]

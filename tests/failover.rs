@@ -69,18 +69,15 @@ fn failover(test: &str, signal: &str) {
     let mut cmd = Command::new("python3");
     cmd.args(["-c", &warm_up]);
     run("find a group coordinator", cmd, SCRIPT_TIME_MAX);
-    let coordinators: Vec<i32> = wait_for(
-        "__consumer_offsets led",
-        Duration::from_secs(30),
-        || {
+    let coordinators: Vec<i32> =
+        wait_for("__consumer_offsets led", Duration::from_secs(30), || {
             let leaders: Vec<i32> = cluster
                 .partitions("__consumer_offsets")?
                 .iter()
                 .map(|p| p.leader)
                 .collect();
             (leaders.len() == 3 && leaders.iter().all(|l| *l > 0)).then_some(leaders)
-        },
-    );
+        });
     let coordinator_of = |group: &str| {
         let p = group_coordinator_partition(group, coordinators.len() as u32);
         coordinators[p as usize]
@@ -90,7 +87,11 @@ fn failover(test: &str, signal: &str) {
         .find(|g| coordinator_of(g) == leader as i32)
         .unwrap_or_else(|| "progress-0".to_string());
     let coordinator_fails = coordinator_of(&group) == leader as i32;
-    let state = dir.join("progress.json").to_str().expect("utf-8").to_string();
+    let state = dir
+        .join("progress.json")
+        .to_str()
+        .expect("utf-8")
+        .to_string();
     let resume = |cluster: &Cluster, step: &str, take: &str| {
         let bootstrap = cluster.bootstrap();
         cluster.python(
@@ -166,7 +167,11 @@ fn failover(test: &str, signal: &str) {
     let result = outcome(&acks);
     eprintln!("{test}: {}", out.trim());
     assert!(result.done, "producer finished: {out}");
-    assert!(result.fatal.is_empty(), "fatal producer errors: {:?}", result.fatal);
+    assert!(
+        result.fatal.is_empty(),
+        "fatal producer errors: {:?}",
+        result.fatal
+    );
     assert!(
         result.errors.is_empty(),
         "delivery errors surfaced to the client ({} of them): {:?}",

@@ -72,12 +72,34 @@ pub fn clients_available(test: &str, tools: &[Tool]) -> bool {
 }
 
 /// Loopback ports free now (held together so they are distinct, released on return).
+///
+/// They are drawn at random below the kernel's ephemeral range (32768–60999 on Linux), which
+/// other tests' `bind(0)` and every outgoing connection draw from: a port reserved here and
+/// released before the broker binds it cannot be handed to them in between.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_000;
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32);
+    let mut held: Vec<TcpListener> = Vec::new();
+    for _ in 0..10_000 {
+        if held.len() == n {
+            break;
+        }
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32;
+        let port = (LOW + (r as u32) % (HIGH - LOW)) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free loopback ports in {LOW}..{HIGH}");
+    held.iter()
         .map(|l| l.local_addr().expect("local addr").port())
         .collect()
 }

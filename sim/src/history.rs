@@ -97,6 +97,42 @@ pub struct PrefixObservation {
     pub hash: u64,
 }
 
+/// How an offset commit ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Invoked and never completed: treated as indeterminate.
+    Pending,
+    /// The group coordinator acknowledged it.
+    Acked,
+    /// Definitely not applied.
+    Failed,
+    /// May or may not have been applied.
+    Indeterminate,
+}
+
+/// A client committed `offset` (the next offset to consume) of `partition` for `group`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitOp {
+    pub client: NodeId,
+    pub group: String,
+    pub partition: Partition,
+    pub offset: Offset,
+    pub invoked_at: Duration,
+    pub completed_at: Option<Duration>,
+    pub outcome: CommitOutcome,
+}
+
+/// A client read `group`'s committed offset of `partition`: `None` means nothing committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedRead {
+    pub client: NodeId,
+    pub group: String,
+    pub partition: Partition,
+    pub invoked_at: Duration,
+    pub completed_at: Duration,
+    pub offset: Option<Offset>,
+}
+
 /// Everything one run recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
@@ -107,6 +143,10 @@ pub struct History {
     pub final_reads: std::collections::BTreeMap<Partition, Vec<(Offset, Value)>>,
     pub leaders: Vec<LeaderObservation>,
     pub prefixes: Vec<PrefixObservation>,
+    /// Offset commits of consumer groups, in invocation order.
+    pub commits: Vec<CommitOp>,
+    /// Committed offsets as clients read them back (Kafka's OffsetFetch).
+    pub committed_reads: Vec<CommittedRead>,
 }
 
 impl History {
@@ -255,6 +295,46 @@ pub(crate) mod build {
                 partition,
                 offset,
                 hash,
+            });
+            self
+        }
+
+        /// A commit of group "g" invoked at `invoked_ms`, completed at `completed_ms`.
+        pub fn commit(
+            &mut self,
+            partition: Partition,
+            offset: Offset,
+            outcome: CommitOutcome,
+            invoked_ms: u64,
+            completed_ms: Option<u64>,
+        ) -> &mut Self {
+            self.h.commits.push(CommitOp {
+                client: NodeId(1000),
+                group: "g".into(),
+                partition,
+                offset,
+                invoked_at: Duration::from_millis(invoked_ms),
+                completed_at: completed_ms.map(Duration::from_millis),
+                outcome,
+            });
+            self
+        }
+
+        /// Group "g"'s committed offset of `partition` read as `offset`.
+        pub fn committed_read(
+            &mut self,
+            partition: Partition,
+            offset: Option<Offset>,
+            invoked_ms: u64,
+            completed_ms: u64,
+        ) -> &mut Self {
+            self.h.committed_reads.push(CommittedRead {
+                client: NodeId(1001),
+                group: "g".into(),
+                partition,
+                invoked_at: Duration::from_millis(invoked_ms),
+                completed_at: Duration::from_millis(completed_ms),
+                offset,
             });
             self
         }

@@ -27,7 +27,8 @@
 //! * `world` — server nodes as madsim nodes: crash, restart, pause, power loss.
 //! * `scheduler` — injects faults during the fault phase, then heals.
 //! * `workload` — the API a system under test implements ([`workload::Workload`]);
-//!   `toy` is the engine's own small workload, `raft` runs fjord's replication layer.
+//!   `toy` is the engine's own small workload, `raft` runs fjord's replication layer, `kafka`
+//!   runs the real broker and client.
 //! * [`history`] and [`check`] — what a run observed and the invariants over it.
 //! * `runner` — one world, sweeps, determinism checks; `trace` — the trace and its hash.
 //!
@@ -55,6 +56,8 @@ pub mod clock;
 #[cfg(madsim)]
 pub mod disk;
 #[cfg(madsim)]
+pub mod kafka;
+#[cfg(madsim)]
 pub mod network;
 #[cfg(madsim)]
 pub mod raft;
@@ -75,4 +78,4 @@ pub mod world;
 
 /// Registered workloads; the first is the default.
 #[cfg(madsim)]
-pub const WORKLOADS: &[&workload::WorkloadKind] = &[&toy::KIND, &raft::KIND];
+pub const WORKLOADS: &[&workload::WorkloadKind] = &[&toy::KIND, &raft::KIND, &kafka::KIND];

@@ -27,7 +27,7 @@ use crate::check::{self, Violation};
 use crate::disk::SimDisk;
 use crate::faults::FaultClass;
 use crate::history::{
-    History, LeaderObservation, Offset, Op, OpId, OpKind, Outcome, Partition, PrefixObservation,
+    CommitOp, CommitOutcome, CommittedRead, History, LeaderObservation, Offset, Op, OpId, OpKind, Outcome, Partition, PrefixObservation,
     ReaderId, Value,
 };
 use crate::time;
@@ -245,6 +245,57 @@ impl Recorder {
             partition,
             offset,
             hash,
+        });
+    }
+
+    /// A client starts committing `offset` of `partition` for `group`; returns the commit's
+    /// index for [`Recorder::commit_done`].
+    pub fn invoke_commit(
+        &self,
+        client: NodeId,
+        group: &str,
+        partition: Partition,
+        offset: Offset,
+    ) -> usize {
+        let mut h = self.lock();
+        h.commits.push(CommitOp {
+            client,
+            group: group.to_string(),
+            partition,
+            offset,
+            invoked_at: time::now(),
+            completed_at: None,
+            outcome: CommitOutcome::Pending,
+        });
+        h.commits.len() - 1
+    }
+
+    /// The commit `index` ended with `outcome`.
+    pub fn commit_done(&self, index: usize, outcome: CommitOutcome) {
+        let mut h = self.lock();
+        let c = &mut h.commits[index];
+        assert_eq!(c.outcome, CommitOutcome::Pending, "commit completed twice");
+        c.completed_at = Some(time::now());
+        c.outcome = outcome;
+    }
+
+    /// A client read `group`'s committed offset of `partition` (invoked at `invoked_at`).
+    pub fn committed_read(
+        &self,
+        client: NodeId,
+        group: &str,
+        partition: Partition,
+        invoked_at: std::time::Duration,
+        offset: Option<Offset>,
+    ) {
+        let completed_at = time::now();
+        self.lock().committed_reads.push(CommittedRead {
+            client,
+            group: group.to_string(),
+            partition,
+            invoked_at,
+            completed_at,
+            offset,
         });
     }
 

@@ -11,6 +11,7 @@
 
 use crate::history::History;
 
+pub mod committed_offsets;
 pub mod duplicate;
 pub mod failed_write;
 pub mod leader;
@@ -33,6 +34,7 @@ pub const ALL: &[(&str, CheckFn)] = &[
     ("uncommitted-read", uncommitted::check),
     ("two-leaders-in-term", leader::check),
     ("prefix-disagreement", prefix_agreement::check),
+    ("committed-offset-regression", committed_offsets::check),
 ];
 
 /// At most this many messages per check are kept in a report; the rest are counted.

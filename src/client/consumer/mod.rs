@@ -322,14 +322,17 @@ impl Consumer {
                 return Ok(Vec::new());
             }
             self.send_fetches(now, deadline);
+            // Backoffs that already ended were acted on above (fetches sent, lookups
+            // retried); counting them would make this a busy loop.
             let mut wake = deadline;
             for at in self
                 .partitions
                 .values()
                 .filter_map(|p| p.retry_at)
                 .chain(self.retry_at)
+                .filter(|at| *at > now)
             {
-                wake = wake.min(at.max(now));
+                wake = wake.min(at);
             }
             let mut sleep = clock.sleep(wake.saturating_duration_since(now));
             let rejoin = self.group.as_ref().map(|g| g.rejoin.clone());

@@ -317,6 +317,7 @@ fn write(
                 Err(e)
             }
             Err(e) => {
+                tracing::debug!(value, error = %e, "write failed");
                 recorder.failed(op, e.to_string());
                 Err(e)
             }

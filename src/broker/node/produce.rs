@@ -241,8 +241,12 @@ impl Node {
         let ack_before_quorum = self.cfg.bugs.ack_before_quorum;
         let waiters = std::mem::take(&mut self.produce_waiters);
         for w in waiters {
+            // The batch is in the log already: whatever ends the wait, a later leader may
+            // still commit it (one that was replicated its entry), so the answer is
+            // REQUEST_TIMED_OUT — outcome unknown, the idempotent retry finds out — never
+            // NOT_LEADER_OR_FOLLOWER, which tells the client it was not written.
             let Some(r) = self.multi.group(w.group) else {
-                self.finish_waiter(&w, Err(ResponseError::NotLeaderOrFollower));
+                self.finish_waiter(&w, Err(ResponseError::RequestTimedOut));
                 continue;
             };
             let ours = r.log().term_at(w.end - 1) == Some(w.entry_term);
@@ -256,7 +260,7 @@ impl Node {
                 let log_start = r.log().start_offset();
                 self.finish_waiter(&w, Ok(log_start));
             } else if r.term() != w.leader_term || r.role() != Role::Leader || !ours {
-                self.finish_waiter(&w, Err(ResponseError::NotLeaderOrFollower));
+                self.finish_waiter(&w, Err(ResponseError::RequestTimedOut));
             } else {
                 self.produce_waiters.push(w);
             }

@@ -27,8 +27,8 @@ use crate::check::{self, Violation};
 use crate::disk::SimDisk;
 use crate::faults::FaultClass;
 use crate::history::{
-    CommitOp, CommitOutcome, CommittedRead, History, LeaderObservation, Offset, Op, OpId, OpKind, Outcome, Partition, PrefixObservation,
-    ReaderId, Value,
+    CommitOp, CommitOutcome, CommittedRead, History, LeaderObservation, Offset, Op, OpId, OpKind,
+    Outcome, Partition, PrefixObservation, ReaderId, Value,
 };
 use crate::time;
 

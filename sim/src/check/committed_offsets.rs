@@ -64,9 +64,10 @@ pub fn check(h: &History) -> Vec<String> {
             })
             .max_by_key(|c1| c1.completed_at);
         if let Some(c1) = overwritten {
-            let read = r
-                .offset
-                .map_or_else(|| "nothing committed".to_string(), |v| format!("offset {v}"));
+            let read = r.offset.map_or_else(
+                || "nothing committed".to_string(),
+                |v| format!("offset {v}"),
+            );
             out.push(format!(
                 "group {} partition {} went backwards: offset {} was acked to {} at {:?}, but {} \
                  read {read} at {:?} with no later commit of it",

@@ -501,7 +501,11 @@ fn route(
         return;
     };
     let key = (env.from, seg.conn);
-    let known = registry.lock().expect("registry poisoned").get(&key).cloned();
+    let known = registry
+        .lock()
+        .expect("registry poisoned")
+        .get(&key)
+        .cloned();
     let conn = match (known, accept) {
         (Some(conn), _) => conn,
         (None, Some(accept)) if seg.kind == Kind::Syn && seg.seq == 0 => {
@@ -738,7 +742,12 @@ impl Network for BrokerNetwork {
 
     fn recv(&self) -> BoxFuture<'_, Envelope> {
         Box::pin(std::future::poll_fn(move |cx| {
-            match self.rx.lock().expect("broker inbox poisoned").poll_next_unpin(cx) {
+            match self
+                .rx
+                .lock()
+                .expect("broker inbox poisoned")
+                .poll_next_unpin(cx)
+            {
                 Poll::Ready(Some(env)) => Poll::Ready(env),
                 // The mux is gone: the node is stopping; nothing more arrives.
                 Poll::Ready(None) | Poll::Pending => Poll::Pending,

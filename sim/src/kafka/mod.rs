@@ -31,8 +31,7 @@ use fjord::broker::{self, BrokerBugs, BrokerConfig, BrokerHandle, BrokerIo};
 use fjord::client::partitioner::partition_for_key;
 use fjord::client::{
     Admin, AssignorKind, Client, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, Error,
-    NewTopic, OffsetReset, ProduceError, Producer, ProducerConfig, ProducerRecord,
-    TopicPartition,
+    NewTopic, OffsetReset, ProduceError, Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
 use fjord::controller::ClusterDefaults;
 use fjord_replication::raft::{RaftBugs, Role};
@@ -171,8 +170,10 @@ async fn run_node(io: NodeIo, servers: Vec<NodeId>, recorder: Recorder, bugs: Br
             return;
         }
     };
-    io.spawner
-        .spawn("kafka-listener", Box::pin(mux.run(Arc::new(handle.clone()))));
+    io.spawner.spawn(
+        "kafka-listener",
+        Box::pin(mux.run(Arc::new(handle.clone()))),
+    );
     io.spawner.spawn(
         "leader-reports",
         Box::pin(report_leaders(handle, io.clock.clone(), io.id, recorder)),
@@ -212,7 +213,8 @@ async fn report_leaders(
 // ---- clients ----
 
 fn client_of(env: &ClientEnv, servers: &[NodeId]) -> Client {
-    let connector = SimConnector::start(env.network.clone(), env.clock.clone(), env.spawner.clone());
+    let connector =
+        SimConnector::start(env.network.clone(), env.clock.clone(), env.spawner.clone());
     Client::new(
         connector,
         env.clock.clone(),
@@ -301,7 +303,11 @@ fn write(
         match delivery.await {
             Ok(meta) if meta.offset >= 0 => {
                 if meta.partition as Partition != partition {
-                    tracing::warn!(partition = meta.partition, expected = partition, "record acked in another partition");
+                    tracing::warn!(
+                        partition = meta.partition,
+                        expected = partition,
+                        "record acked in another partition"
+                    );
                 }
                 recorder.written(op, meta.offset as Offset);
                 Ok(meta.offset as Offset)

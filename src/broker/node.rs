@@ -1331,34 +1331,56 @@ fn metadata_log_config() -> LogConfig {
 }
 
 /// Reads whole batches `[from, to)` of a local group (committed or not).
-pub(super) fn read_batches(multi: &MultiRaft, group: GroupId, from: u64, to: u64) -> Vec<Bytes> {
+/// Whole stored batches of `group`'s local log in `[from, to)`. An error (a corrupt batch)
+/// is returned, never skipped: state rebuilt from a log with a hole in it (producer
+/// sequences, group offsets) would be silently wrong.
+pub(super) fn read_batches(
+    multi: &MultiRaft,
+    group: GroupId,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Bytes>, fjord_log::LogError> {
     let mut out = Vec::new();
     let Some(r) = multi.group(group) else {
-        return out;
+        return Ok(out);
     };
     let mut at = from.max(r.log().start_offset());
     while at < to {
-        match r.log().log().read(at, 1 << 20, to) {
-            Ok(read) if !read.bytes.is_empty() => {
-                at = read.next_offset;
-                out.push(read.bytes);
-            }
-            _ => break,
+        let read = r.log().log().read(at, 1 << 20, to)?;
+        if read.bytes.is_empty() {
+            break;
         }
+        at = read.next_offset;
+        out.push(read.bytes);
     }
-    out
+    Ok(out)
 }
 
 /// The producer state of a partition's whole local log.
-pub(super) fn rebuild_producers(multi: &MultiRaft, group: GroupId) -> ProducerStateTable {
+pub(super) fn rebuild_producers(
+    multi: &MultiRaft,
+    group: GroupId,
+) -> Result<ProducerStateTable, fjord_log::LogError> {
     let mut table = ProducerStateTable::new();
     if let Some(r) = multi.group(group) {
         let end = r.log().end_offset();
-        for chunk in read_batches(multi, group, 0, end) {
+        for chunk in read_batches(multi, group, 0, end)? {
             table.apply_all(&chunk);
         }
     }
-    table
+    Ok(table)
+}
+
+impl Node {
+    /// A local read needed to rebuild state failed: a corrupt log is marked for
+    /// verification and the node stops (as when a fetch hits corruption).
+    pub(super) fn local_read_failed(&mut self, group: GroupId, e: &fjord_log::LogError) {
+        tracing::error!(node = %self.id(), %group, "local log unreadable: {e}");
+        if matches!(e, fjord_log::LogError::Corrupt { .. }) {
+            self.multi.mark_for_verification(group);
+            self.fatal = Some(format!("{group}: {e}"));
+        }
+    }
 }
 
 /// Parses the header of a produced batch.

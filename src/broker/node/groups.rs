@@ -139,7 +139,13 @@ impl Node {
         if commit == 0 || r.log().term_at(commit - 1) != Some(term) {
             return;
         }
-        let chunks = read_batches(&self.multi, group, 0, commit);
+        let chunks = match read_batches(&self.multi, group, 0, commit) {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                self.local_read_failed(group, &e);
+                return;
+            }
+        };
         let now = self.now_ms() as i64;
         let h = self.coordinators.hosted.get_mut(&p).expect("hosted");
         for chunk in chunks {

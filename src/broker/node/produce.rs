@@ -177,7 +177,13 @@ impl Node {
             Some((t, _)) if *t == term
         );
         if stale {
-            let table = rebuild_producers(&self.multi, group);
+            let table = match rebuild_producers(&self.multi, group) {
+                Ok(table) => table,
+                Err(e) => {
+                    self.local_read_failed(group, &e);
+                    return Err(ResponseError::KafkaStorageError);
+                }
+            };
             if let Some(p) = self.partitions.get_mut(&group) {
                 p.producers = Some((term, table));
             }

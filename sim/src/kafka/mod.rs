@@ -89,7 +89,7 @@ const PRODUCER_IN_FLIGHT: usize = 4;
 const LEADER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
 
 fn build(info: &WorldInfo) -> Arc<dyn Workload> {
-    let mut rng = ChaCha8Rng::seed_from_u64(info.seed ^ 0x6b61_666b_61);
+    let mut rng = ChaCha8Rng::seed_from_u64(info.seed ^ 0x006b_6166_6b61);
     let assignors = match rng.gen_range(0..3) {
         0 => vec![AssignorKind::Range],
         1 => vec![AssignorKind::CooperativeSticky],

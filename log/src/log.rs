@@ -899,6 +899,13 @@ impl Log {
                 continue;
             };
             let head = located.header;
+            if head.base_offset < segment_base || head.next_offset() > segment_end {
+                // Rot in a base offset (outside the CRC) moved the batch out of its segment:
+                // answering "nothing there" would hide entries the log holds.
+                return Err(LogError::Corrupt {
+                    offset: from_offset,
+                });
+            }
             if head.base_offset >= upper_bound {
                 return Ok(empty);
             }

@@ -379,6 +379,21 @@ impl Segment {
         idx.checked_sub(1).map_or(0, |i| u64::from(self.index[i].1))
     }
 
+    /// Where the batch after the one at `position` starts. Batches chain exactly to the
+    /// segment's end: a length reaching beyond it is rot in a header (outside the CRC's
+    /// reach until the batch is read), which would otherwise make a scan skip the rest of
+    /// the segment and report offsets the log holds as absent.
+    fn next_position(&self, position: u64, header: &BatchHeader) -> Result<u64, BatchError> {
+        let next = position + header.total_size() as u64;
+        if next > self.size {
+            return Err(BatchError::Truncated {
+                needed: header.total_size(),
+                available: (self.size - position) as usize,
+            });
+        }
+        Ok(next)
+    }
+
     /// The first batch whose last offset is `>= offset` (the batch containing it, or the next
     /// one after a gap), found through the sparse index and a short header walk.
     pub fn find(&self, offset: u64) -> Result<Result<Option<Located>, BatchError>, DiskError> {
@@ -391,7 +406,10 @@ impl Segment {
             if header.last_offset() >= offset {
                 return Ok(Ok(Some(Located { position, header })));
             }
-            position += header.total_size() as u64;
+            position = match self.next_position(position, &header) {
+                Ok(next) => next,
+                Err(e) => return Ok(Err(e)),
+            };
         }
         Ok(Ok(None))
     }
@@ -426,7 +444,10 @@ impl Segment {
             if data_timestamp(&header) >= timestamp_ms && header.last_offset() >= from_offset {
                 return Ok(Ok(Some(Located { position, header })));
             }
-            position += header.total_size() as u64;
+            position = match self.next_position(position, &header) {
+                Ok(next) => next,
+                Err(e) => return Ok(Err(e)),
+            };
         }
         Ok(Ok(None))
     }

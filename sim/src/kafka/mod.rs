@@ -18,7 +18,7 @@
 //! * Liveness after heal: a fresh producer's write is acknowledged. Final reads: a fresh
 //!   consumer reads every partition from offset 0 up to its high watermark.
 //!
-//! Bugs (`--inject-bug`): the broker's [`BrokerBugs`].
+//! Bugs (`--inject-bug`): `ack-before-quorum` ([`BrokerBugs::ack_before_quorum`]).
 
 pub mod conn;
 
@@ -34,7 +34,7 @@ use fjord::client::{
     NewTopic, OffsetReset, ProduceError, Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
 use fjord::controller::ClusterDefaults;
-use fjord_replication::raft::{RaftBugs, Role};
+use fjord_replication::raft::Role;
 use fjord_replication::{BoxFuture, Clock, IoWait, NodeId};
 use futures::future::{select, Either};
 use futures::stream::FuturesUnordered;
@@ -52,27 +52,15 @@ use conn::{broker_host, ServerMux, SimConnector, KAFKA_PORT};
 /// The registration of the kafka workload.
 pub const KIND: WorkloadKind = WorkloadKind {
     name: "kafka",
-    bugs: &[
-        ACK_BEFORE_QUORUM,
-        ACK_BEFORE_FSYNC,
-        VOTE_NOT_PERSISTED,
-        NO_TRUNCATE_ON_CONFLICT,
-        COMMIT_OLD_TERM_BY_COUNT,
-    ],
+    bugs: &[ACK_BEFORE_QUORUM],
     faults: &FaultClass::ALL,
     build,
 };
 
-/// acks=all answered once the leader appended the batch.
+/// acks=all answered once the leader appended the batch, before a quorum has it
+/// ([`BrokerBugs::ack_before_quorum`]). The Raft-level bugs are the `raft` workload's to
+/// prove.
 pub const ACK_BEFORE_QUORUM: &str = "ack-before-quorum";
-/// Raft: followers ack appends before they are durable.
-pub const ACK_BEFORE_FSYNC: &str = "ack-before-fsync";
-/// Raft: votes granted without being persisted.
-pub const VOTE_NOT_PERSISTED: &str = "vote-not-persisted";
-/// Raft: conflicting follower entries kept.
-pub const NO_TRUNCATE_ON_CONFLICT: &str = "no-truncate-on-conflict";
-/// Raft: entries of earlier terms committed by counting replicas.
-pub const COMMIT_OLD_TERM_BY_COUNT: &str = "commit-old-term-by-count";
 
 /// The topic clients write and read.
 pub const TOPIC: &str = "events";
@@ -105,13 +93,8 @@ fn build(info: &WorldInfo) -> Arc<dyn Workload> {
 
 fn broker_bugs(bugs: &Bugs) -> BrokerBugs {
     BrokerBugs {
-        raft: RaftBugs {
-            ack_before_fsync: bugs.is_on(ACK_BEFORE_FSYNC),
-            vote_not_persisted: bugs.is_on(VOTE_NOT_PERSISTED),
-            no_truncate_on_conflict: bugs.is_on(NO_TRUNCATE_ON_CONFLICT),
-            commit_old_term_by_count: bugs.is_on(COMMIT_OLD_TERM_BY_COUNT),
-        },
         ack_before_quorum: bugs.is_on(ACK_BEFORE_QUORUM),
+        ..BrokerBugs::default()
     }
 }
 

@@ -145,6 +145,9 @@ async fn run_node(io: NodeIo, servers: Vec<NodeId>, recorder: Recorder, bugs: Br
         disk: io.disk.clone(),
         spawner: io.spawner.clone(),
         io_wait: Some(io_wait),
+        // Fsyncs in order on the broker's task: deterministic, and the device latency is
+        // modelled by `io_wait`.
+        disk_jobs: None,
     };
     let (handle, run) = match broker::start(broker_io, config) {
         Ok(started) => started,

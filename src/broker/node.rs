@@ -755,7 +755,14 @@ impl Node {
             .filter(|g| *g != GroupId::METADATA)
             .collect();
         for g in existing {
-            if !wanted.contains_key(&g) {
+            // Only a topic the image knows was deleted loses its replicas here. An image
+            // that has not (yet) applied the topic's creation — its metadata log was cut by
+            // corruption and is being repaired, or is still catching up — says nothing about
+            // it: deleting the replica would make a Raft voter forget entries it
+            // acknowledged.
+            let deleted =
+                g.topic < self.image.next_topic_id() && self.image.topic_by_id(g.topic).is_none();
+            if !wanted.contains_key(&g) && deleted {
                 tracing::info!(node = %me, group = %g, "removing partition replica");
                 self.multi.remove_group(g)?;
                 self.raft_counters.forget(g);

@@ -19,7 +19,10 @@ use crate::io::{DiskJob, DiskJobs, InlineDiskJobs};
 use crate::raft::{
     HardState, Membership, Message, ProposeError, Raft, RaftConfig, RaftError, Ready, Role, Status,
 };
-use crate::storage::{request_verification, GroupStorageError, HardStateFile, LogStorage};
+use crate::storage::{
+    clear_verification, request_verification, verification_requested, GroupStorageError,
+    HardStateFile, LogStorage,
+};
 use crate::NodeId;
 
 /// A Raft group: one partition of one topic, or the metadata group (topic 0).
@@ -187,10 +190,14 @@ impl MultiRaft {
         config: LogConfig,
     ) -> Result<(), DriverError> {
         let storage_err = |source| DriverError::Storage { group: id, source };
-        let (hard_state, hs) = HardStateFile::open(self.disk.as_ref(), dir).map_err(storage_err)?;
+        let (mut hard_state, hs) =
+            HardStateFile::open(self.disk.as_ref(), dir).map_err(storage_err)?;
+        let marked = verification_requested(self.disk.as_ref(), dir)?;
         let (log, report) = LogStorage::open(Arc::clone(&self.disk), dir.to_path_buf(), config)
             .map_err(storage_err)?;
-        let corrupt = report.corruption.is_some();
+        // A log marked for verification had a corrupt read: entries may be lost whether this
+        // open cut them or an earlier one did and crashed before the repair was recorded.
+        let corrupt = report.corruption.is_some() || marked;
         if let Some(at) = report.corruption {
             tracing::warn!(node = %self.cfg.node, group = %id, at, "log corruption found by recovery");
         }
@@ -199,7 +206,12 @@ impl MultiRaft {
             .map_err(|source| DriverError::Raft { group: id, source })?;
         if corrupt {
             // Entries this member may have acknowledged are gone: no votes until refilled.
+            // Durable before the mark goes, so that no crash forgets it.
             raft.start_repair();
+            hard_state.store(&raft.hard_state()).map_err(storage_err)?;
+        }
+        if marked {
+            clear_verification(self.disk.as_ref(), dir)?;
         }
         let commit_end = raft.commit_end();
         self.groups.insert(

@@ -79,6 +79,21 @@ pub fn request_verification(disk: &dyn Disk, dir: &Path) -> Result<(), DiskError
     Ok(())
 }
 
+/// Whether the log in `dir` is marked for a full verification.
+pub fn verification_requested(disk: &dyn Disk, dir: &Path) -> Result<bool, DiskError> {
+    disk.exists(&dir.join(VERIFY_MARKER_FILE))
+}
+
+/// Removes the mark of [`request_verification`] (durably).
+pub fn clear_verification(disk: &dyn Disk, dir: &Path) -> Result<(), DiskError> {
+    let path = dir.join(VERIFY_MARKER_FILE);
+    if disk.exists(&path)? {
+        disk.remove(&path)?;
+        disk.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// The two-slot hard state file of one group.
 #[derive(Debug)]
 pub struct HardStateFile {
@@ -195,19 +210,15 @@ pub struct LogStorage {
 
 impl LogStorage {
     /// Opens (recovering) the log in `dir`, and the snapshot beside it if there is one.
-    /// A log marked by [`request_verification`] is verified whole (and the mark removed).
+    /// A log marked by [`request_verification`] is verified whole; the mark stays until
+    /// [`clear_verification`] (the owner first makes its consequences durable).
     pub fn open(
         disk: Arc<dyn Disk>,
         dir: PathBuf,
         config: LogConfig,
     ) -> Result<(Self, RecoveryReport), GroupStorageError> {
-        let marker = dir.join(VERIFY_MARKER_FILE);
-        let verify_all = disk.exists(&marker)?;
+        let verify_all = verification_requested(disk.as_ref(), &dir)?;
         let (log, report) = Log::open_with(Arc::clone(&disk), dir.clone(), config, verify_all)?;
-        if verify_all {
-            disk.remove(&marker)?;
-            disk.sync_dir(&dir)?;
-        }
         let snapshot = read_snapshot(disk.as_ref(), &dir)?;
         Ok((
             LogStorage {
@@ -485,6 +496,11 @@ mod tests {
             LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
         assert_eq!(report.corruption, Some(0));
         assert_eq!(s.end_offset(), 0);
+        assert!(
+            verification_requested(disk.as_ref(), &dir).unwrap(),
+            "the mark stays until the owner clears it"
+        );
+        clear_verification(disk.as_ref(), &dir).unwrap();
         assert!(!disk.exists(&dir.join(VERIFY_MARKER_FILE)).unwrap());
     }
 

@@ -27,8 +27,8 @@
 //! * `world` — server nodes as madsim nodes: crash, restart, pause, power loss.
 //! * `scheduler` — injects faults during the fault phase, then heals.
 //! * `workload` — the API a system under test implements ([`workload::Workload`]);
-//!   `toy` is the engine's own small workload, `raft` runs fjord's replication layer, `kafka`
-//!   runs the real broker and client.
+//!   `kafka` (the default) runs the real broker and client, `toy` is the engine's own small
+//!   workload, `raft` runs fjord's replication layer.
 //! * [`history`] and [`check`] — what a run observed and the invariants over it.
 //! * `runner` — one world, sweeps, determinism checks; `trace` — the trace and its hash.
 //!
@@ -78,4 +78,4 @@ pub mod world;
 
 /// Registered workloads; the first is the default.
 #[cfg(madsim)]
-pub const WORKLOADS: &[&workload::WorkloadKind] = &[&toy::KIND, &raft::KIND, &kafka::KIND];
+pub const WORKLOADS: &[&workload::WorkloadKind] = &[&kafka::KIND, &toy::KIND, &raft::KIND];

@@ -23,6 +23,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+mod common;
+
 fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
@@ -34,8 +36,7 @@ async fn cluster(n: u32, dir: &std::path::Path) -> Vec<RunningNode> {
         .try_init();
     let mut voters = BTreeMap::new();
     for id in 1..=n {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        voters.insert(NodeId(id), l.local_addr().unwrap());
+        voters.insert(NodeId(id), common::free_addr());
     }
     let defaults = ClusterDefaults {
         default_replication_factor: n.min(3) as i16,
@@ -518,10 +519,7 @@ async fn listed_brokers(conn: &KafkaConnection) -> Option<Vec<i32>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_broker_lists_itself_in_every_metadata_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let rpc = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let rpc = common::free_addr();
     let spec = NodeSpec {
         cluster_id: Some("restart".into()),
         defaults: ClusterDefaults {

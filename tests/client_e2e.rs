@@ -18,6 +18,8 @@ use fjord::runtime::{TcpConnector, TokioClock, TokioSpawner};
 use fjord_log::Compression;
 use fjord_replication::NodeId;
 
+mod common;
+
 /// Upper bound on any one test.
 const TEST_TIME_MAX: Duration = Duration::from_secs(90);
 
@@ -32,9 +34,7 @@ async fn broker(dir: &std::path::Path) -> RunningNode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let rpc = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let rpc = common::free_addr();
     let spec = NodeSpec {
         cluster_id: Some("client-e2e".into()),
         defaults: ClusterDefaults {

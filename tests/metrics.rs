@@ -15,11 +15,10 @@ use fjord::runtime::{TcpConnector, TokioClock, TokioSpawner};
 use fjord_replication::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 async fn single_node(dir: &std::path::Path) -> RunningNode {
-    let rpc = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let rpc = common::free_addr();
     let spec = NodeSpec {
         cluster_id: Some("metrics-test".into()),
         defaults: ClusterDefaults {

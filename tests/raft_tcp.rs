@@ -18,6 +18,8 @@ use fjord_replication::{Clock, NodeId};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinHandle;
 
+mod common;
+
 const GROUP: GroupId = GroupId {
     topic: 1,
     partition: 0,
@@ -166,11 +168,14 @@ async fn three_nodes_over_tcp_survive_a_leader_stop() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
     // Reserve ports first, so that every node knows its peers.
-    let mut addrs = BTreeMap::new();
-    for id in &ids {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        addrs.insert(*id, l.local_addr().unwrap());
-    }
+    // Below the ephemeral range, so that no other test's bind(0) or outgoing connection can
+    // take a port between its reservation here and the node's bind.
+    let addrs: BTreeMap<NodeId, std::net::SocketAddr> = ids
+        .iter()
+        .copied()
+        .zip(common::free_ports(ids.len()))
+        .map(|(id, port)| (id, std::net::SocketAddr::from(([127, 0, 0, 1], port))))
+        .collect();
     let mut nodes = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
         let (node, _) = start_node(*id, dirs[i].path(), addrs[id], &addrs, true).await;

@@ -71,6 +71,11 @@ pub fn clients_available(test: &str, tools: &[Tool]) -> bool {
     false
 }
 
+/// One free loopback address (see [`free_ports`]) for a listener the test binds later.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1)[0]))
+}
+
 /// Loopback ports free now (held together so they are distinct, released on return).
 ///
 /// They are drawn at random below the kernel's ephemeral range (32768–60999 on Linux), which

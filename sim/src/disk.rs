@@ -10,7 +10,8 @@
 //!   every later operation of this view fails, its network endpoint goes down at once (so it
 //!   cannot acknowledge anything), and the world crashes and restarts the node from what is
 //!   durable. The node never continues past a failed sync.
-//! * **Latency** is accounted, not blocked on: each operation adds a sampled service time to
+//! * **Latency** is accounted, not blocked on: each write, metadata operation and sync
+//!   (reads come from the page cache and cost nothing) adds a sampled service time to
 //!   the device's busy-until time, and [`SimDisk::settle`] sleeps until the device has done
 //!   everything issued so far. A driver awaits it before reporting durability (e.g. after
 //!   `sync`).
@@ -60,6 +61,17 @@ struct Timing {
     /// order (empty unless [`SimDevice::defer_syncs`]).
     in_flight: VecDeque<(Duration, u64)>,
     defer_syncs: bool,
+}
+
+impl Timing {
+    /// Pops the deferred syncs completed by `now`; the last one's ticket.
+    fn due(&mut self, now: Duration) -> Option<u64> {
+        let mut done = None;
+        while self.in_flight.front().is_some_and(|(at, _)| *at <= now) {
+            done = self.in_flight.pop_front().map(|(_, ticket)| ticket);
+        }
+        done
+    }
 }
 
 impl fmt::Debug for SimDevice {
@@ -124,13 +136,10 @@ impl SimDevice {
     /// Makes durable the syncs the device has completed by now.
     fn complete_due(&self) {
         let now = self.now.get();
-        let mut done = None;
-        {
+        let done = {
             let mut t = self.timing.lock().expect("disk timing poisoned");
-            while t.in_flight.front().is_some_and(|(at, _)| *at <= now) {
-                done = t.in_flight.pop_front().map(|(_, ticket)| ticket);
-            }
-        }
+            t.due(now)
+        };
         if let Some(ticket) = done {
             self.mem.complete_syncs(ticket);
         }
@@ -138,27 +147,34 @@ impl SimDevice {
 
     /// A sync was issued (and charged): it completes when the device is done with it.
     fn issued_sync(&self) {
-        let ticket = self.mem.last_sync_ticket();
         let mut t = self.timing.lock().expect("disk timing poisoned");
         if !t.defer_syncs {
             return;
         }
+        let ticket = self.mem.last_sync_ticket();
         let at = t.busy_until;
         t.in_flight.push_back((at, ticket));
     }
 
+    /// Accounts one operation's service time (completing the deferred syncs done by now).
     fn charge(&self, sync: bool) {
-        self.complete_due();
         let now = self.now.get();
-        let mut t = self.timing.lock().expect("disk timing poisoned");
-        let mean = if sync {
-            t.params.sync_latency_mean
-        } else {
-            t.params.op_latency_mean
+        let done = {
+            let mut t = self.timing.lock().expect("disk timing poisoned");
+            let done = t.due(now);
+            let mean = if sync {
+                t.params.sync_latency_mean
+            } else {
+                t.params.op_latency_mean
+            };
+            let u: f64 = t.rng.gen();
+            let service = Duration::from_secs_f64(-mean.as_secs_f64() * (1.0 - u).ln());
+            t.busy_until = t.busy_until.max(now) + service;
+            done
         };
-        let u: f64 = t.rng.gen();
-        let service = Duration::from_secs_f64(-mean.as_secs_f64() * (1.0 - u).ln());
-        t.busy_until = t.busy_until.max(now) + service;
+        if let Some(ticket) = done {
+            self.mem.complete_syncs(ticket);
+        }
     }
 
     fn busy_until(&self) -> Duration {
@@ -326,7 +342,8 @@ impl DiskFile for SimFile {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.inc.check(&self.path)?;
-        self.inc.device.charge(false);
+        // Reads are served from the page cache: no device time (nodes read what they wrote
+        // moments ago, and recovery's reads happen before anything waits on the device).
         self.inner.read_at(offset, buf)
     }
 

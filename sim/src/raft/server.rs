@@ -33,7 +33,7 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// Largest read reply, in batch bytes.
 const READ_BYTES_MAX: usize = 32 * 1024;
 /// Replicas report their committed prefix at most this often (per group).
-const PREFIX_REPORT_INTERVAL: Duration = Duration::from_millis(50);
+const PREFIX_REPORT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The group id of partition `p`.
 pub fn group_id(p: u32) -> GroupId {

@@ -10,8 +10,7 @@
 //!   every later operation of this view fails, its network endpoint goes down at once (so it
 //!   cannot acknowledge anything), and the world crashes and restarts the node from what is
 //!   durable. The node never continues past a failed sync.
-//! * **Latency** is accounted, not blocked on: each write, metadata operation and sync
-//!   (reads come from the page cache and cost nothing) adds a sampled service time to
+//! * **Latency** is accounted, not blocked on: each operation adds a sampled service time to
 //!   the device's busy-until time, and [`SimDisk::settle`] sleeps until the device has done
 //!   everything issued so far. A driver awaits it before reporting durability (e.g. after
 //!   `sync`).
@@ -342,8 +341,7 @@ impl DiskFile for SimFile {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.inc.check(&self.path)?;
-        // Reads are served from the page cache: no device time (nodes read what they wrote
-        // moments ago, and recovery's reads happen before anything waits on the device).
+        self.inc.device.charge(false);
         self.inner.read_at(offset, buf)
     }
 

@@ -10,8 +10,10 @@
 //! a term it never won — a Byzantine peer, which Raft does not tolerate — so none are made.
 //!
 //! Checked after every step: election safety (one leader per term), log matching (two logs
-//! holding an entry with the same offset range and term are identical up to it), and that
-//! committed entries never change. At the end the cluster is healed and must converge, and
+//! holding an entry with the same offset range and term are identical up to it), that
+//! committed entries never change, that every leader of a later term holds every entry
+//! committed before it (leader completeness), and that each member's commit end lies within
+//! its log. At the end the cluster is healed and must converge, and
 //! every proposal a leader saw committed in its term is in every log.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -52,8 +54,9 @@ struct PendingIo {
 struct Cluster {
     members: BTreeMap<NodeId, Member>,
     queue: VecDeque<(NodeId, NodeId, Message)>,
-    /// Committed entries as first seen: base offset -> (end, term, bytes).
-    committed: BTreeMap<u64, (u64, Term, Bytes)>,
+    /// Committed entries as first seen: base offset -> (end, term, bytes, and the lowest
+    /// term of a member that saw it committed — it was committed in that term or earlier).
+    committed: BTreeMap<u64, (u64, Term, Bytes, Term)>,
     leaders: BTreeMap<Term, NodeId>,
 }
 
@@ -227,21 +230,49 @@ impl Cluster {
             );
         }
         let commit = raft.commit_end();
+        assert!(
+            raft.log().start_offset() <= commit && commit <= raft.log().end_offset(),
+            "{id}: commit end {commit} outside its log [{}, {})",
+            raft.log().start_offset(),
+            raft.log().end_offset()
+        );
         let mut newly = Vec::new();
         for e in raft.log().entries() {
             if e.end > commit {
                 break;
             }
-            match self.committed.get(&e.base) {
-                Some((end, term, bytes)) => assert!(
-                    *end == e.end && *term == e.term && *bytes == e.bytes,
-                    "{id}: committed entry at {} changed",
-                    e.base
-                ),
-                None => newly.push((e.base, (e.end, e.term, e.bytes.clone()))),
+            match self.committed.get_mut(&e.base) {
+                Some((end, term, bytes, seen)) => {
+                    assert!(
+                        *end == e.end && *term == e.term && *bytes == e.bytes,
+                        "{id}: committed entry at {} changed",
+                        e.base
+                    );
+                    *seen = (*seen).min(raft.term());
+                }
+                None => newly.push((e.base, (e.end, e.term, e.bytes.clone(), raft.term()))),
             }
         }
         self.committed.extend(newly);
+        // Leader completeness (committed entries are durable): a leader of a later term than
+        // the one an entry was committed in holds it, unchanged.
+        if raft.role() == Role::Leader {
+            let entries = raft.log().entries();
+            for (base, (end, term, bytes, seen)) in &self.committed {
+                if *seen >= raft.term() || *base < raft.log().start_offset() {
+                    continue;
+                }
+                let held = entries
+                    .binary_search_by_key(base, |e| e.base)
+                    .ok()
+                    .map(|i| &entries[i]);
+                assert!(
+                    held.is_some_and(|e| e.end == *end && e.term == *term && e.bytes == *bytes),
+                    "{id}: leader of term {} lacks the entry at {base} committed by term {seen}",
+                    raft.term()
+                );
+            }
+        }
         for other in self.ids() {
             if other != id {
                 if let (Some(a), Some(b)) = (self.up(id), self.up(other)) {

@@ -4,13 +4,18 @@
 //! compressed, idempotent, or damaged on purpose) produced with every acks setting, fetches
 //! and offset lookups at arbitrary offsets, consumer groups joining, syncing, committing and
 //! leaving with member ids and generations learned from earlier answers, configs, and time
-//! passing. Every request goes through [`Session::send`], with all of its checks.
+//! passing. Every request goes through [`Session::send`], with all of its checks; in
+//! addition, every fetched record is the one the broker acknowledged at its offset.
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use fjord::kafka::codec;
 use fjord::kafka::versions::supported_range;
-use fjord_log::{build_batch, BuildOptions, Compression, RecordSpec};
+use std::collections::BTreeMap;
+
+use fjord_log::{
+    build_batch, decode_records, BatchHeader, BatchIter, BuildOptions, Compression, RecordSpec,
+};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
@@ -120,13 +125,26 @@ enum Op {
     },
 }
 
+/// A record's key and value.
+type KeyValue = (Option<Bytes>, Option<Bytes>);
+
+/// The records of a produced batch, by offset delta.
+struct ProducedBatch {
+    topic: String,
+    partition: i32,
+    records: Vec<(u64, KeyValue)>,
+}
+
 /// What earlier answers taught the client.
 #[derive(Default)]
 struct Learned {
     member_ids: Vec<String>,
     generations: Vec<i32>,
     producer: Option<(i64, i16)>,
-    sequences: std::collections::BTreeMap<(usize, i32), i32>,
+    sequences: BTreeMap<(usize, i32), i32>,
+    /// Records the broker acknowledged, by (topic, partition, offset): what a fetch of that
+    /// offset must serve.
+    produced: BTreeMap<(String, i32, u64), KeyValue>,
 }
 
 fn pick<'a>(names: &[&'a str], i: u8) -> &'a str {
@@ -175,6 +193,109 @@ impl Learned {
                 self.producer = Some((i.producer_id.0, i.producer_epoch));
             }
             _ => {}
+        }
+    }
+}
+
+/// The records a Produce request carries, by their offset delta, with their topic and
+/// partition; `None` for idempotent batches (a duplicate is acknowledged at the offsets of
+/// the batch it repeats, which may hold other records) and batches that do not decode.
+fn produced_records(body: &RequestKind) -> Option<ProducedBatch> {
+    let RequestKind::Produce(p) = body else {
+        return None;
+    };
+    let topic = p.topic_data.first()?;
+    let partition = topic.partition_data.first()?;
+    let batch = partition.records.as_ref()?;
+    let header = BatchHeader::validate(batch).ok()?;
+    if header.producer_id >= 0 {
+        return None;
+    }
+    let records = decode_records(batch).ok()?;
+    let records = records
+        .into_iter()
+        .map(|r| (r.offset - header.base_offset, (r.key, r.value)))
+        .collect();
+    Some(ProducedBatch {
+        topic: topic.name.to_string(),
+        partition: partition.index,
+        records,
+    })
+}
+
+impl Learned {
+    /// Remembers the records of an acknowledged Produce at the offsets the broker gave them.
+    fn learn_produced(&mut self, sent: Option<ProducedBatch>, body: &ResponseKind) {
+        let (Some(sent), ResponseKind::Produce(resp)) = (sent, body) else {
+            return;
+        };
+        let ProducedBatch {
+            topic,
+            partition,
+            records,
+        } = sent;
+        let acked = resp
+            .responses
+            .iter()
+            .filter(|t| t.name.as_str() == topic)
+            .flat_map(|t| &t.partition_responses)
+            .find(|p| p.index == partition && p.error_code == 0);
+        let Some(base) = acked.and_then(|p| u64::try_from(p.base_offset).ok()) else {
+            return;
+        };
+        for (delta, kv) in records {
+            self.produced
+                .insert((topic.clone(), partition, base + delta), kv);
+        }
+    }
+
+    /// Forgets a topic's records once it may be deleted (a new topic of that name starts
+    /// again at offset 0).
+    fn forget_topic(&mut self, body: &RequestKind) {
+        if let RequestKind::DeleteTopics(d) = body {
+            let names: Vec<String> = d
+                .topic_names
+                .iter()
+                .map(|n| n.to_string())
+                .chain(
+                    d.topics
+                        .iter()
+                        .filter_map(|t| t.name.as_ref())
+                        .map(|n| n.to_string()),
+                )
+                .collect();
+            self.produced.retain(|(t, _, _), _| !names.contains(t));
+        }
+    }
+
+    /// Fetched records are the records produced at their offsets (compaction may drop
+    /// records, never change them).
+    fn check_fetched(&self, body: &ResponseKind) {
+        let ResponseKind::Fetch(f) = body else {
+            return;
+        };
+        for t in &f.responses {
+            for p in &t.partitions {
+                let records = p.records.clone().unwrap_or_default();
+                for item in BatchIter::new(&records) {
+                    let Ok((_, batch)) = item else {
+                        continue;
+                    };
+                    let decoded = decode_records(batch).expect("a fetched batch decodes");
+                    for r in decoded {
+                        let key = (t.topic.to_string(), p.partition_index, r.offset);
+                        if let Some((k, v)) = self.produced.get(&key) {
+                            assert!(
+                                *k == r.key && *v == r.value,
+                                "{}-{} offset {}: fetched another record than was produced",
+                                key.0,
+                                key.1,
+                                key.2
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -565,8 +686,14 @@ pub fn run(data: &[u8]) {
         let Some(frame) = frame(&body, version, correlation_id) else {
             continue;
         };
+        learned.forget_topic(&body);
+        let sent = produced_records(&body);
         match session.send(frame) {
-            Sent::Answered(body) => learned.learn(&body),
+            Sent::Answered(body) => {
+                learned.check_fetched(&body);
+                learned.learn_produced(sent, &body);
+                learned.learn(&body);
+            }
             Sent::NoAnswer => {}
             Sent::End => return,
         }

@@ -19,6 +19,8 @@ use futures::task::LocalSpawnExt;
 
 /// The broker's node id; peers are every other id.
 pub const NODE: NodeId = NodeId(1);
+/// The cluster id of the broker (node connections must name it in their hello).
+pub const CLUSTER_ID: &str = "fuzz-cluster";
 /// Wall clock at time zero (Kafka timestamps, retention).
 const WALL_CLOCK_START_MS: i64 = 1_700_000_000_000;
 /// Fake time a boot may take before the broker counts as stuck.
@@ -212,7 +214,7 @@ impl SimBroker {
         let mut config = BrokerConfig::new(NODE, BTreeSet::from([NODE]), 7);
         config.data_dir = "broker".into();
         config.rpc_addr = "127.0.0.1:19093".into();
-        config.cluster_id = Some("fuzz-cluster".into());
+        config.cluster_id = Some(CLUSTER_ID.into());
         config.raft.election_timeout_min_ticks = 2;
         config.raft.election_timeout_max_ticks = 3;
         config.raft.heartbeat_interval_ticks = 1;

@@ -4,6 +4,12 @@
 //! metadata group it leads, the partitions it hosts), leadership gossip, controller
 //! requests and responses.
 //!
+//! An entry whose peer byte has its top bit set carries the bytes of a whole inbound node
+//! connection instead: length-prefixed frames with the wire version byte and a bincode
+//! header, read by the production connection reader ([`InboundFrames`]: size limits, hello
+//! naming cluster and node first); the messages it lets through are delivered from the
+//! peer the hello named, whatever id that is.
+//!
 //! Checked: nothing panics and decoding allocates no more than the frame warrants (the
 //! fuzzer's memory limit); a frame that decodes re-encodes to the same message (for both
 //! [`NodeMessage`] and replication's own framing, [`decode_messages`]); the broker either
@@ -12,13 +18,15 @@
 
 use bytes::Bytes;
 use fjord::broker::rpc::{ApiFailure, ControllerOp, ControllerReply, LeaderInfo, NodeMessage};
+use fjord::runtime::{check_frame_len, frame_prefix, FrameHeader, InboundFrames};
+use fjord_replication::io::FRAME_SIZE_MAX_BYTES;
 use fjord_replication::multiraft::{decode_messages, encode_messages, GroupId};
 use fjord_replication::raft::{
     AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, VoteRequest, VoteResponse,
 };
-use fjord_replication::NodeId;
+use fjord_replication::{Envelope, NodeId};
 
-use crate::broker_sim::{SimBroker, NODE};
+use crate::broker_sim::{SimBroker, CLUSTER_ID, NODE};
 use crate::input::{Reader, Writer};
 
 /// Frames one input may deliver.
@@ -34,13 +42,21 @@ pub fn run(data: &[u8]) {
         let Some(frame) = r.blob() else {
             break;
         };
-        check_round_trip(frame);
-        frames.push((
-            NodeId(u32::from(from % 4) + 1),
-            wait,
-            Bytes::copy_from_slice(frame),
-        ));
+        if from & 0x80 != 0 {
+            for envelope in wire_messages(frame) {
+                check_round_trip(&envelope.payload);
+                frames.push((envelope.from, wait, envelope.payload));
+            }
+        } else {
+            check_round_trip(frame);
+            frames.push((
+                NodeId(u32::from(from % 4) + 1),
+                wait,
+                Bytes::copy_from_slice(frame),
+            ));
+        }
     }
+    frames.truncate(FRAMES_MAX_COUNT);
     if frames.is_empty() {
         return;
     }
@@ -58,6 +74,48 @@ pub fn run(data: &[u8]) {
         }
         sim.check_invariants();
     }
+}
+
+/// The messages an inbound node connection carrying `stream` delivers, until its end or
+/// the first frame that closes it.
+fn wire_messages(mut stream: &[u8]) -> Vec<Envelope> {
+    let mut connection = InboundFrames::new(NODE, CLUSTER_ID);
+    let mut out = Vec::new();
+    while stream.len() >= 4 && out.len() < FRAMES_MAX_COUNT {
+        let len = u32::from_be_bytes([stream[0], stream[1], stream[2], stream[3]]) as usize;
+        stream = &stream[4..];
+        if check_frame_len(len).is_err() || stream.len() < len {
+            break;
+        }
+        let (body, rest) = stream.split_at(len);
+        stream = rest;
+        match connection.frame(Bytes::copy_from_slice(body)) {
+            Ok(Some(envelope)) => {
+                assert_eq!(envelope.to, NODE);
+                assert_eq!(Some(envelope.from), connection.peer());
+                assert!(envelope.payload.len() <= FRAME_SIZE_MAX_BYTES);
+                out.push(envelope);
+            }
+            Ok(None) => assert!(connection.peer().is_some(), "a hello names the peer"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// `messages` as the bytes of a node connection from `from`: a hello, then one frame each.
+fn wire_stream(from: NodeId, cluster_id: &str, messages: &[Bytes]) -> Vec<u8> {
+    let hello = FrameHeader::Hello {
+        cluster_id: cluster_id.to_string(),
+        from,
+        to: NODE,
+    };
+    let mut out = frame_prefix(&hello, 0).to_vec();
+    for m in messages {
+        out.extend_from_slice(&frame_prefix(&FrameHeader::Message, m.len()));
+        out.extend_from_slice(m);
+    }
+    out
 }
 
 /// A frame that decodes re-encodes to the same message.
@@ -226,5 +284,41 @@ pub fn seeds() -> Vec<Vec<u8>> {
         w.u8(2).u8(1).blob(&f);
     }
     out.push(w.out);
+    // The same over the wire: from a peer, from an unknown node, for another cluster.
+    let encoded: Vec<Bytes> = messages.iter().map(NodeMessage::encode).collect();
+    for (from, cluster_id) in [(2, CLUSTER_ID), (9, CLUSTER_ID), (2, "other-cluster")] {
+        let mut w = Writer::default();
+        w.u8(0x80)
+            .u8(2)
+            .blob(&wire_stream(NodeId(from), cluster_id, &encoded));
+        out.push(w.out);
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_streams_deliver_their_messages_only_to_the_named_cluster() {
+        let messages: Vec<Bytes> = (0..3)
+            .map(|_| NodeMessage::Leaders(Vec::new()).encode())
+            .collect();
+        let delivered = wire_messages(&wire_stream(NodeId(7), CLUSTER_ID, &messages));
+        assert_eq!(delivered.len(), 3);
+        assert!(delivered.iter().all(|e| e.from == NodeId(7)));
+        assert_eq!(
+            delivered
+                .iter()
+                .map(|e| e.payload.clone())
+                .collect::<Vec<_>>(),
+            messages
+        );
+        assert!(wire_messages(&wire_stream(NodeId(7), "other", &messages)).is_empty());
+        // A message before the hello closes the connection.
+        let stream = wire_stream(NodeId(7), CLUSTER_ID, &messages);
+        let hello_len = 4 + u32::from_be_bytes(stream[..4].try_into().unwrap()) as usize;
+        assert!(wire_messages(&stream[hello_len..]).is_empty());
+    }
 }

@@ -16,5 +16,8 @@ pub use disk_jobs::ThreadDiskJobs;
 pub use kafka::{
     serve_kafka, serve_kafka_when, KafkaServerHandle, TcpConnector, TcpFrameConnection,
 };
-pub use network::{FrameError, FrameHeader, TcpNetwork, TcpNetworkOptions, WIRE_VERSION};
+pub use network::{
+    check_frame_len, frame_prefix, FrameError, FrameHeader, InboundFrames, TcpNetwork,
+    TcpNetworkOptions, WIRE_VERSION,
+};
 pub use spawner::TokioSpawner;

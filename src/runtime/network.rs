@@ -292,7 +292,7 @@ impl Network for TcpNetwork {
 }
 
 /// The prefix of a frame: length, version byte, header. The payload follows.
-fn frame_prefix(header: &FrameHeader, payload_len: usize) -> Bytes {
+pub fn frame_prefix(header: &FrameHeader, payload_len: usize) -> Bytes {
     let header_bytes = match bincode::serde::encode_to_vec(header, header_config()) {
         Ok(b) => b,
         // Our own headers are a few bytes: failing to encode one is a bug.
@@ -307,18 +307,8 @@ fn frame_prefix(header: &FrameHeader, payload_len: usize) -> Bytes {
     Bytes::from(prefix)
 }
 
-/// Reads one frame: `Ok(None)` on a clean end of stream between frames. The length is
-/// checked before the body is allocated.
-async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<(FrameHeader, Bytes)>, FrameError> {
-    let mut len_bytes = [0u8; 4];
-    match reader.read_exact(&mut len_bytes).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len_bytes) as usize;
+/// Checks a frame's length prefix, before its body is allocated.
+pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
     let max = FRAME_SIZE_MAX_BYTES + FRAME_OVERHEAD_MAX_BYTES;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
@@ -326,15 +316,105 @@ async fn read_frame<R: AsyncRead + Unpin>(
     if len == 0 {
         return Err(FrameError::Empty);
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    if body[0] != WIRE_VERSION {
-        return Err(FrameError::Version(body[0]));
+    Ok(())
+}
+
+/// Splits a frame's body (what follows the length prefix) into its header and payload.
+fn decode_frame_body(body: Bytes) -> Result<(FrameHeader, Bytes), FrameError> {
+    match body.first() {
+        None => return Err(FrameError::Empty),
+        Some(&v) if v != WIRE_VERSION => return Err(FrameError::Version(v)),
+        Some(_) => {}
     }
     let (header, used): (FrameHeader, usize) =
         bincode::serde::decode_from_slice(&body[1..], header_config())?;
-    let body = Bytes::from(body);
-    Ok(Some((header, body.slice(1 + used..))))
+    Ok((header, body.slice(1 + used..)))
+}
+
+/// The sans-IO reading side of one inbound connection: the first frame must be a hello
+/// naming this cluster and node, every later one a message no larger than
+/// [`FRAME_SIZE_MAX_BYTES`]. Any error closes the connection.
+pub struct InboundFrames {
+    local: NodeId,
+    cluster_id: String,
+    /// The dialer, once its hello arrived.
+    peer: Option<NodeId>,
+}
+
+impl InboundFrames {
+    pub fn new(local: NodeId, cluster_id: impl Into<String>) -> Self {
+        InboundFrames {
+            local,
+            cluster_id: cluster_id.into(),
+            peer: None,
+        }
+    }
+
+    /// The dialer, once its hello arrived.
+    pub fn peer(&self) -> Option<NodeId> {
+        self.peer
+    }
+
+    /// Takes one frame body (after its length prefix, which [`check_frame_len`] accepted):
+    /// the message it carries, or `None` for the hello.
+    pub fn frame(&mut self, body: Bytes) -> Result<Option<Envelope>, FrameError> {
+        let (header, payload) = decode_frame_body(body)?;
+        match (header, self.peer) {
+            (
+                FrameHeader::Hello {
+                    cluster_id,
+                    from,
+                    to,
+                },
+                None,
+            ) => {
+                if cluster_id != self.cluster_id || to != self.local {
+                    return Err(FrameError::WrongDestination {
+                        cluster_id,
+                        to,
+                        local_cluster: self.cluster_id.clone(),
+                        local: self.local,
+                    });
+                }
+                self.peer = Some(from);
+                Ok(None)
+            }
+            (FrameHeader::Message, Some(from)) => {
+                if payload.len() > FRAME_SIZE_MAX_BYTES {
+                    return Err(FrameError::TooLarge {
+                        len: payload.len(),
+                        max: FRAME_SIZE_MAX_BYTES,
+                    });
+                }
+                Ok(Some(Envelope {
+                    from,
+                    to: self.local,
+                    payload,
+                }))
+            }
+            (FrameHeader::Message, None) | (FrameHeader::Hello { .. }, Some(_)) => {
+                Err(FrameError::NoHello)
+            }
+        }
+    }
+}
+
+/// Reads one frame's body: `Ok(None)` on a clean end of stream between frames. The length
+/// is checked before the body is allocated.
+async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut len_bytes = [0u8; 4];
+    match reader.read_exact(&mut len_bytes).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    check_frame_len(len)?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await?;
+    Ok(Some(Bytes::from(body)))
 }
 
 async fn accept_loop(
@@ -386,51 +466,22 @@ async fn read_inbound<R: AsyncRead + Unpin>(
     options: &TcpNetworkOptions,
     inbox: &mpsc::Sender<Envelope>,
 ) -> Result<(), FrameError> {
-    let first = tokio::time::timeout(options.hello_timeout, read_frame(reader))
+    let mut frames = InboundFrames::new(local, options.cluster_id.clone());
+    let hello = tokio::time::timeout(options.hello_timeout, read_frame_body(reader))
         .await
         .map_err(|_| FrameError::HelloTimeout)??;
-    let from = match first {
-        None => return Ok(()),
-        Some((
-            FrameHeader::Hello {
-                cluster_id,
-                from,
-                to,
-            },
-            _,
-        )) => {
-            if cluster_id != options.cluster_id || to != local {
-                return Err(FrameError::WrongDestination {
-                    cluster_id,
-                    to,
-                    local_cluster: options.cluster_id.clone(),
-                    local,
-                });
-            }
-            from
-        }
-        Some((FrameHeader::Message, _)) => return Err(FrameError::NoHello),
+    let Some(hello) = hello else {
+        return Ok(());
     };
-    tracing::debug!(node = %local, peer = %from, "node connection identified");
-    while let Some((header, payload)) = read_frame(reader).await? {
-        match header {
-            FrameHeader::Message => {
-                if payload.len() > FRAME_SIZE_MAX_BYTES {
-                    return Err(FrameError::TooLarge {
-                        len: payload.len(),
-                        max: FRAME_SIZE_MAX_BYTES,
-                    });
-                }
-                let envelope = Envelope {
-                    from,
-                    to: local,
-                    payload,
-                };
-                if inbox.try_send(envelope).is_err() {
-                    tracing::debug!(node = %local, peer = %from, "inbox full: message dropped");
-                }
+    if frames.frame(hello)?.is_some() {
+        return Err(FrameError::NoHello);
+    }
+    tracing::debug!(node = %local, peer = ?frames.peer(), "node connection identified");
+    while let Some(body) = read_frame_body(reader).await? {
+        if let Some(envelope) = frames.frame(body)? {
+            if inbox.try_send(envelope).is_err() {
+                tracing::debug!(node = %local, peer = ?frames.peer(), "inbox full: message dropped");
             }
-            FrameHeader::Hello { .. } => return Err(FrameError::NoHello),
         }
     }
     Ok(())

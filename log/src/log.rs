@@ -44,7 +44,12 @@
 //!    from its peers. A crash can leave a torn batch followed by a surviving later write
 //!    (pending writes may survive independently); that is reported as corruption too, since
 //!    recovery cannot tell it from bit rot — conservative, never silent.
-//! 5. Everything recovered is synced, the recovery point set to the log end and `log.meta`
+//! 5. A segment `log.meta` lists (the segments the log had when it was last written) that
+//!    held data below the recovery point but whose file is gone lost durable data: the log
+//!    is cut before it (later segments are removed, never served across the hole) and that
+//!    is reported as corruption. Operations that remove segments first write a `log.meta`
+//!    that no longer lists them (or, for truncation, lowers the recovery point below them).
+//! 6. Everything recovered is synced, the recovery point set to the log end and `log.meta`
 //!    rewritten. So after `open`, `durable_end_offset() == log_end_offset()`.
 //!
 //! Bit rot inside trusted segments (below the recovery point) is found when the batch is
@@ -341,12 +346,13 @@ impl Log {
                 leftovers = true;
             }
         }
-        let (log_start, recovery_point, mut epochs) = match meta::read(disk.as_ref(), &dir)? {
-            Some(Ok(m)) => (m.log_start, m.recovery_point, m.epochs),
+        let (log_start, recovery_point, mut epochs, listed) = match meta::read(disk.as_ref(), &dir)?
+        {
+            Some(Ok(m)) => (m.log_start, m.recovery_point, m.epochs, m.segments),
             found => {
                 report.meta_missing = found.is_none();
                 report.meta_invalid = found.is_some();
-                (0, 0, EpochCache::default())
+                (0, 0, EpochCache::default(), None)
             }
         };
         let bases: Vec<u64> = names.iter().filter_map(|n| parse_log_name(n)).collect();
@@ -366,7 +372,14 @@ impl Log {
         if report.meta_missing || report.meta_invalid {
             log.log_start = bases.first().copied().unwrap_or(0);
         }
-        log.recover(&bases, &mut epochs, &mut report, verify_all)?;
+        // A segment `log.meta` lists that held data below the recovery point but whose file
+        // is gone: everything from it on is lost.
+        let missing = listed.and_then(|listed| {
+            listed
+                .into_iter()
+                .find(|b| *b < recovery_point && bases.binary_search(b).is_err())
+        });
+        log.recover(&bases, missing, &mut epochs, &mut report, verify_all)?;
         log.epochs = epochs;
         log.epochs.truncate_from_end(log.log_end);
         // Make everything recovered durable (a process crash leaves unsynced page-cache
@@ -382,10 +395,12 @@ impl Log {
         Ok((log, report))
     }
 
-    /// Steps 1-4 of recovery: loads or scans segments, cuts at the first bad batch.
+    /// Steps 1-5 of recovery: loads or scans segments, cuts at the first bad batch, or before
+    /// the `missing` segment (one `log.meta` lists whose file is gone).
     fn recover(
         &mut self,
         bases: &[u64],
+        missing: Option<u64>,
         epochs: &mut EpochCache,
         report: &mut RecoveryReport,
         verify_all: bool,
@@ -415,6 +430,11 @@ impl Log {
         // (segment, position to cut at or None to drop it whole, corrupt?)
         let mut cut: Option<(usize, Option<u64>, bool)> = None;
         for (i, base) in bases.iter().copied().enumerate() {
+            if missing.is_some_and(|m| base > m) {
+                // The segments after a lost one: never served across the hole.
+                cut = Some((i, None, true));
+                break;
+            }
             let mut segment = Segment::open(disk, &self.dir, base)?;
             if base < expected {
                 // A segment overlapping its predecessor: never written by this code.
@@ -478,8 +498,13 @@ impl Log {
             };
             self.segments.insert(base, segment);
         }
-        if let Some((i, position, corrupt)) = cut {
-            self.cut(&bases, i, position, corrupt, report)?;
+        match cut {
+            Some((i, position, corrupt)) => {
+                self.cut(&bases, i, position, corrupt || missing.is_some(), report)?
+            }
+            // The lost segment was the last one listed: the log ends before it.
+            None if missing.is_some() => self.cut(&bases, bases.len(), None, true, report)?,
+            None => {}
         }
         self.remove_segments_below_start()?;
         if self.segments.is_empty() {
@@ -588,10 +613,19 @@ impl Log {
     }
 
     fn write_meta(&mut self, recovery_point: u64) -> Result<(), DiskError> {
+        // Segments wholly below the log start are not listed: they are about to go.
+        let last = self.segments.keys().next_back().copied();
+        let segments = self
+            .segments
+            .iter()
+            .filter(|(b, s)| s.next_offset > self.log_start || Some(**b) == last)
+            .map(|(b, _)| *b)
+            .collect();
         let m = LogMeta {
             log_start: self.log_start,
             recovery_point,
             epochs: self.epochs.clone(),
+            segments: Some(segments),
         };
         meta::write(self.disk.as_ref(), &self.dir, &m)?;
         self.recovery_point = recovery_point;
@@ -1115,8 +1149,10 @@ impl Log {
         let disk = Arc::clone(&self.disk);
         let disk = disk.as_ref();
         let bases: Vec<u64> = self.segments.keys().copied().collect();
+        // First no longer list the segments (a crash while removing them is no loss).
+        self.segments.clear();
+        self.write_meta(self.recovery_point)?;
         for base in bases.iter().rev() {
-            self.segments.remove(base);
             Segment::remove_files(disk, &self.dir, *base)?;
         }
         disk.sync_dir(&self.dir)?;

@@ -371,6 +371,7 @@ fn corruption_followed_by_valid_batches_is_reported_not_silently_cut() {
         log_start: 0,
         recovery_point: 0,
         epochs: log.epochs.clone(),
+        segments: None,
     };
     meta::write(&disk, &dir(), &m).expect("meta");
     drop(log);
@@ -1006,5 +1007,52 @@ fn header_rot_outside_the_crc_is_reported_by_reads() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn a_lost_segment_file_is_reported_and_nothing_after_it_is_served() {
+    for lost in [0usize, 2] {
+        let disk = MemDisk::new(40 + lost as u64);
+        let (mut log, _) = open(&disk);
+        let stored = fill(&mut log, 100, 1);
+        log.sync().expect("sync");
+        let bases: Vec<u64> = log.segments.keys().copied().collect();
+        assert!(bases.len() > 3, "{bases:?}");
+        drop(log);
+        disk.remove(&dir().join(file_name(bases[lost], LOG_EXT)))
+            .expect("remove");
+        disk.sync_dir(&dir()).expect("sync dir");
+        let (log, report) = open(&disk);
+        let kept_end = if lost == 0 { 0 } else { bases[lost] };
+        assert_eq!(report.corruption, Some(kept_end), "segment {lost}");
+        assert_eq!(log.log_end_offset(), kept_end);
+        let all = read_all(&log, log.log_start_offset());
+        assert_eq!(all.len(), (kept_end / 3) as usize);
+        for (i, (_, b)) in all.iter().enumerate() {
+            assert_eq!(b, &stored[i]);
+        }
+    }
+}
+
+#[test]
+fn a_crash_while_removing_segments_is_no_loss() {
+    for step in 1..=12 {
+        let disk = MemDisk::new(50 + step);
+        let (mut log, _) = open(&disk);
+        fill(&mut log, 40, 1);
+        log.sync().expect("sync");
+        let end = log.log_end_offset();
+        disk.crash_at_mutation(Some(disk.stats().mutations + step));
+        let op = match step % 3 {
+            0 => log.reset(end + 10, 2),
+            1 => log.truncate_from(30),
+            _ => log.delete_prefix(60),
+        };
+        disk.crash_at_mutation(None);
+        drop(log);
+        disk.crash();
+        let (_, report) = open(&disk);
+        assert_eq!(report.corruption, None, "step {step} ({op:?})");
     }
 }

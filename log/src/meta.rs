@@ -2,9 +2,14 @@
 //! leader-epoch cache, in one checksummed file replaced atomically.
 //!
 //! ```text
-//! "FJLM" | version u32 (1) | log_start u64 | recovery_point u64 | count u32 |
-//! count x (epoch i32, start_offset u64) | crc32c u32 of everything before     (big endian)
+//! "FJLM" | version u32 (2) | log_start u64 | recovery_point u64 | count u32 |
+//! count x (epoch i32, start_offset u64) | segments u32 | segments x base u64 |
+//! crc32c u32 of everything before                                             (big endian)
 //! ```
+//!
+//! `segments` lists the base offsets of the log's segments when the file was written
+//! (`u32::MAX`: not listed), so that recovery notices a segment file that went missing.
+//! Version 1 files (without the list) are still read.
 //!
 //! Written as `log.meta.tmp`, synced, renamed over `log.meta`, directory synced: after a crash
 //! the file holds either the old or the new state, whole. One file (rather than Kafka's three
@@ -19,11 +24,18 @@ use crate::epoch::{EpochCache, EpochEntry, EPOCH_ENTRIES_MAX_COUNT};
 pub const META_FILE: &str = "log.meta";
 pub const META_TMP_FILE: &str = "log.meta.tmp";
 const MAGIC: &[u8; 4] = b"FJLM";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The version without the segment list.
+const VERSION_1: u32 = 1;
 const FIXED_BYTES: usize = 4 + 4 + 8 + 8 + 4;
 const ENTRY_BYTES: usize = 12;
+/// Segments a metadata file lists at most; a log with more lists none.
+pub const SEGMENTS_LISTED_MAX_COUNT: usize = 1 << 16;
+/// `segments` count meaning "not listed".
+const NOT_LISTED: u32 = u32::MAX;
 /// Largest metadata file a reader accepts (checked before allocating).
-pub const META_FILE_SIZE_MAX_BYTES: usize = FIXED_BYTES + ENTRY_BYTES * EPOCH_ENTRIES_MAX_COUNT + 4;
+pub const META_FILE_SIZE_MAX_BYTES: usize =
+    FIXED_BYTES + ENTRY_BYTES * EPOCH_ENTRIES_MAX_COUNT + 4 + 8 * SEGMENTS_LISTED_MAX_COUNT + 4;
 
 /// What `log.meta` records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +45,9 @@ pub struct LogMeta {
     /// segments wholly below it).
     pub recovery_point: u64,
     pub epochs: EpochCache,
+    /// Base offsets of the segments the log had (those with offsets at or above the log
+    /// start), ascending; `None` if not recorded (a version 1 file, or too many).
+    pub segments: Option<Vec<u64>>,
 }
 
 /// Why a metadata file was ignored.
@@ -44,6 +59,8 @@ pub enum MetaError {
     Checksum,
     #[error("metadata file's epochs are out of order")]
     Epochs,
+    #[error("metadata file's segments are out of order")]
+    Segments,
 }
 
 fn encode(meta: &LogMeta) -> Vec<u8> {
@@ -57,6 +74,19 @@ fn encode(meta: &LogMeta) -> Vec<u8> {
     for e in entries {
         out.extend_from_slice(&e.epoch.to_be_bytes());
         out.extend_from_slice(&e.start_offset.to_be_bytes());
+    }
+    match meta
+        .segments
+        .as_ref()
+        .filter(|s| s.len() <= SEGMENTS_LISTED_MAX_COUNT)
+    {
+        Some(bases) => {
+            out.extend_from_slice(&(bases.len() as u32).to_be_bytes());
+            for base in bases {
+                out.extend_from_slice(&base.to_be_bytes());
+            }
+        }
+        None => out.extend_from_slice(&NOT_LISTED.to_be_bytes()),
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_be_bytes());
@@ -74,13 +104,42 @@ fn decode(bytes: &[u8]) -> Result<LogMeta, MetaError> {
     }
     let u32_at = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().expect("8 bytes"));
-    if u32_at(4) != VERSION {
+    let version = u32_at(4);
+    if version != VERSION && version != VERSION_1 {
         return Err(MetaError::Checksum);
     }
     let count = u32_at(24) as usize;
-    if body.len() != FIXED_BYTES + count * ENTRY_BYTES {
-        return Err(MetaError::Size);
-    }
+    let epochs_end = count
+        .checked_mul(ENTRY_BYTES)
+        .and_then(|n| n.checked_add(FIXED_BYTES))
+        .filter(|end| *end <= body.len())
+        .ok_or(MetaError::Size)?;
+    let segments = if version == VERSION_1 {
+        if body.len() != epochs_end {
+            return Err(MetaError::Size);
+        }
+        None
+    } else {
+        if body.len() < epochs_end + 4 {
+            return Err(MetaError::Size);
+        }
+        match u32_at(epochs_end) {
+            NOT_LISTED if body.len() == epochs_end + 4 => None,
+            listed => {
+                let listed = listed as usize;
+                if listed > SEGMENTS_LISTED_MAX_COUNT || body.len() != epochs_end + 4 + 8 * listed {
+                    return Err(MetaError::Size);
+                }
+                let bases: Vec<u64> = (0..listed)
+                    .map(|i| u64_at(epochs_end + 4 + 8 * i))
+                    .collect();
+                if bases.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(MetaError::Segments);
+                }
+                Some(bases)
+            }
+        }
+    };
     let entries = (0..count)
         .map(|i| {
             let at = FIXED_BYTES + i * ENTRY_BYTES;
@@ -94,6 +153,7 @@ fn decode(bytes: &[u8]) -> Result<LogMeta, MetaError> {
         log_start: u64_at(8),
         recovery_point: u64_at(16),
         epochs: EpochCache::from_entries(entries).ok_or(MetaError::Epochs)?,
+        segments,
     })
 }
 
@@ -143,7 +203,22 @@ mod tests {
             log_start: 5,
             recovery_point: 30,
             epochs,
+            segments: Some(vec![0, 12, 30]),
         }
+    }
+
+    #[test]
+    fn version_1_files_and_unlisted_segments_read() {
+        let mut unlisted = sample();
+        unlisted.segments = None;
+        assert_eq!(decode(&encode(&unlisted)), Ok(unlisted.clone()));
+        // Version 1: no segment part.
+        let mut v1 = encode(&unlisted);
+        v1.truncate(v1.len() - 8);
+        v1[4..8].copy_from_slice(&VERSION_1.to_be_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        assert_eq!(decode(&v1), Ok(unlisted));
     }
 
     #[test]

@@ -49,6 +49,9 @@
 //!    is cut before it (later segments are removed, never served across the hole) and that
 //!    is reported as corruption. Operations that remove segments first write a `log.meta`
 //!    that no longer lists them (or, for truncation, lowers the recovery point below them).
+//!    Without a valid `log.meta` (it exists from the first open on and is replaced
+//!    atomically, so that is damage too) a non-empty log is cut at the first gap between
+//!    segments and reported as corruption: segments may have gone missing unnoticed.
 //! 6. Everything recovered is synced, the recovery point set to the log end and `log.meta`
 //!    rewritten. So after `open`, `durable_end_offset() == log_end_offset()`.
 //!
@@ -379,7 +382,20 @@ impl Log {
                 .into_iter()
                 .find(|b| *b < recovery_point && bases.binary_search(b).is_err())
         });
-        log.recover(&bases, missing, &mut epochs, &mut report, verify_all)?;
+        let meta_lost = report.meta_missing || report.meta_invalid;
+        log.recover(
+            &bases,
+            missing,
+            meta_lost,
+            &mut epochs,
+            &mut report,
+            verify_all,
+        )?;
+        if meta_lost && log.log_end > log.log_start && report.corruption.is_none() {
+            // `log.meta` exists from the first open on and is replaced atomically: without it
+            // nothing tells whether segments went missing (before the first one found, too).
+            report.corruption = Some(log.log_start);
+        }
         log.epochs = epochs;
         log.epochs.truncate_from_end(log.log_end);
         // Make everything recovered durable (a process crash leaves unsynced page-cache
@@ -401,6 +417,7 @@ impl Log {
         &mut self,
         bases: &[u64],
         missing: Option<u64>,
+        meta_lost: bool,
         epochs: &mut EpochCache,
         report: &mut RecoveryReport,
         verify_all: bool,
@@ -432,6 +449,12 @@ impl Log {
         for (i, base) in bases.iter().copied().enumerate() {
             if missing.is_some_and(|m| base > m) {
                 // The segments after a lost one: never served across the hole.
+                cut = Some((i, None, true));
+                break;
+            }
+            if meta_lost && i > 0 && base > expected {
+                // Without `log.meta` a gap between segments may be a lost segment: not served
+                // across.
                 cut = Some((i, None, true));
                 break;
             }

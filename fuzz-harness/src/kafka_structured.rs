@@ -249,6 +249,20 @@ impl Learned {
         }
     }
 
+    /// For a negative `selector`, the place of one acknowledged record.
+    fn produced_record(&self, selector: i16) -> Option<(TopicName, i32, i64)> {
+        if selector >= 0 || self.produced.is_empty() {
+            return None;
+        }
+        let i = usize::from(selector.unsigned_abs()) % self.produced.len();
+        let (topic, partition, offset) = self.produced.keys().nth(i)?;
+        Some((
+            TopicName(s(topic)),
+            *partition,
+            i64::try_from(*offset).ok()?,
+        ))
+    }
+
     /// Forgets a topic's records once it may be deleted (a new topic of that name starts
     /// again at offset 0).
     fn forget_topic(&mut self, body: &RequestKind) {
@@ -432,20 +446,32 @@ fn request(op: Op, learned: &mut Learned) -> Option<RequestKind> {
             max_bytes,
             max_wait_ms,
             read_committed,
-        } => RequestKind::Fetch(
-            FetchRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(i32::from(max_wait_ms) * 4)
-                .with_min_bytes(1)
-                .with_max_bytes(i32::from(max_bytes))
-                .with_isolation_level(i8::from(read_committed))
-                .with_topics(vec![fetch_request::FetchTopic::default()
-                    .with_topic(topic_name(topic))
-                    .with_partitions(vec![fetch_request::FetchPartition::default()
-                        .with_partition(i32::from(partition % 4))
-                        .with_fetch_offset(i64::from(offset))
-                        .with_partition_max_bytes(i32::from(max_bytes))])]),
-        ),
+        } => {
+            // A negative offset, once records were acknowledged, fetches one of them (so that
+            // fetches meet produced data often).
+            let (name, partition, offset) = match learned.produced_record(offset) {
+                Some(at) => at,
+                None => (
+                    topic_name(topic),
+                    i32::from(partition % 4),
+                    i64::from(offset),
+                ),
+            };
+            RequestKind::Fetch(
+                FetchRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_max_wait_ms(i32::from(max_wait_ms) * 4)
+                    .with_min_bytes(1)
+                    .with_max_bytes(i32::from(max_bytes))
+                    .with_isolation_level(i8::from(read_committed))
+                    .with_topics(vec![fetch_request::FetchTopic::default()
+                        .with_topic(name)
+                        .with_partitions(vec![fetch_request::FetchPartition::default()
+                            .with_partition(partition)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(i32::from(max_bytes))])]),
+            )
+        }
         Op::ListOffsets {
             topic,
             partition,

@@ -92,7 +92,8 @@ use crate::disk::{Disk, DiskError};
 use crate::epoch::{EpochCache, EpochError};
 use crate::meta::{self, LogMeta, META_TMP_FILE};
 use crate::segment::{
-    file_name, parse_log_name, ScanError, Segment, CLEANED_SUFFIX, INDEX_ENTRIES_MAX_COUNT, LOG_EXT,
+    file_name, parse_log_name, ScanError, Segment, CLEANED_SUFFIX, INDEX_ENTRIES_MAX_COUNT,
+    INDEX_EXT, LOG_EXT, TIME_INDEX_EXT,
 };
 
 /// Largest segment a configuration may ask for (positions in the index are `u32`, and a
@@ -383,6 +384,14 @@ impl Log {
                 .find(|b| *b < recovery_point && bases.binary_search(b).is_err())
         });
         let meta_lost = report.meta_missing || report.meta_invalid;
+        // Index files exist only beside segments with data, so only in a log that had its
+        // `log.meta` written.
+        let index_files = names.iter().any(|n| {
+            n.strip_suffix(INDEX_EXT)
+                .or_else(|| n.strip_suffix(TIME_INDEX_EXT))
+                .and_then(|stem| stem.strip_suffix('.'))
+                .is_some_and(|base| base.len() == 20 && base.bytes().all(|b| b.is_ascii_digit()))
+        });
         log.recover(
             &bases,
             missing,
@@ -391,7 +400,8 @@ impl Log {
             &mut report,
             verify_all,
         )?;
-        if meta_lost && log.log_end > log.log_start && report.corruption.is_none() {
+        let had_data = log.log_end > log.log_start || index_files || report.meta_invalid;
+        if meta_lost && had_data && report.corruption.is_none() {
             // `log.meta` exists from the first open on and is replaced atomically: without it
             // nothing tells whether segments went missing (before the first one found, too).
             report.corruption = Some(log.log_start);

@@ -320,6 +320,7 @@ fn a_bad_last_batch_found_by_full_verification_is_corruption_not_a_torn_tail() {
         log_start: 0,
         recovery_point: 0,
         epochs: log.epochs.clone(),
+        segments: None,
     };
     meta::write(&disk, &dir(), &m).expect("meta");
     drop(log);

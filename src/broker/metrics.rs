@@ -50,6 +50,42 @@ impl Histogram {
         self.sum_us
     }
 
+    /// Adds `other`'s observations to these.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (c, o) in self.counts.iter_mut().zip(other.counts) {
+            *c += o;
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
+
+    /// The observations made since `earlier` (a snapshot of this histogram).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let mut d = Histogram::default();
+        for ((d, now), then) in d.counts.iter_mut().zip(self.counts).zip(earlier.counts) {
+            *d = now.saturating_sub(then);
+        }
+        d.sum_us = self.sum_us.saturating_sub(earlier.sum_us);
+        d
+    }
+
+    /// The upper bound (µs) of the bucket holding the `q`-quantile: `Some(None)` when that
+    /// is the +Inf bucket, `None` without observations.
+    pub fn quantile_bound_us(&self, q: f64) -> Option<Option<u64>> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (bound, count) in self.buckets() {
+            seen += count;
+            if seen >= rank {
+                return Some(bound);
+            }
+        }
+        Some(None)
+    }
+
     /// `(upper bound in µs, observations in this bucket)`, the last bound being `None`
     /// (+Inf). Not cumulative.
     pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
@@ -246,6 +282,25 @@ pub struct BrokerMetrics {
 mod tests {
     use super::*;
     use fjord_replication::raft::Membership;
+
+    #[test]
+    fn histogram_quantiles_differences_and_sums() {
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile_bound_us(0.5), None);
+        for ms in [1u64, 2, 2, 3, 40] {
+            h.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(h.quantile_bound_us(0.5), Some(Some(2_500)));
+        assert_eq!(h.quantile_bound_us(0.99), Some(Some(50_000)));
+        let before = h.clone();
+        h.observe(Duration::from_secs(20));
+        let d = h.since(&before);
+        assert_eq!(d.count(), 1);
+        assert_eq!(d.quantile_bound_us(0.5), Some(None));
+        let mut sum = before.clone();
+        sum.merge(&d);
+        assert_eq!(sum, h);
+    }
 
     #[test]
     fn histogram_buckets_by_upper_bound() {

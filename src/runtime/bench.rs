@@ -27,6 +27,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::server::{start_node, NodeSpec, RunningNode};
 use super::{TcpConnector, TokioClock, TokioSpawner};
+use crate::broker::metrics::{Histogram, LATENCY_BUCKET_BOUNDS_US};
 use crate::client::consumer::{Consumer, ConsumerConfig, OffsetReset};
 use crate::client::{
     Acks, Client, ClientConfig, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
@@ -44,6 +45,8 @@ const LATENCY_SAMPLE_EVERY: u64 = 64;
 const CONSUME_STALL_MAX: Duration = Duration::from_secs(30);
 /// Records produced before measuring (connections, producer id, first segments).
 const WARM_UP_RECORDS: u64 = 10_000;
+/// Kafka's API key of Produce.
+const PRODUCE_API_KEY: i16 = 0;
 /// Kafka error codes the topic set-up tolerates.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 
@@ -133,6 +136,42 @@ fn print_row(name: &str, f: &Figures) {
         f.records_per_s(),
         f.mb_per_s(),
         f.latency_text()
+    );
+}
+
+/// The brokers' own latency of Produce requests (decoded request handed to the broker →
+/// response ready: the commit path without the client's batching and queueing), summed
+/// over the nodes.
+async fn produce_histogram(nodes: &[RunningNode]) -> Histogram {
+    let mut total = Histogram::default();
+    for n in nodes {
+        if let Some(api) = n
+            .broker
+            .metrics()
+            .await
+            .and_then(|m| m.requests.apis.get(&PRODUCE_API_KEY).cloned())
+        {
+            total.merge(&api.latency);
+        }
+    }
+    total
+}
+
+/// Prints the brokers' Produce latency quantiles (bucket upper bounds).
+fn print_broker_row(h: &Histogram) {
+    let text = |q: f64| match h.quantile_bound_us(q) {
+        None => "-".to_string(),
+        Some(None) => format!(
+            "> {:.0} ms",
+            LATENCY_BUCKET_BOUNDS_US[LATENCY_BUCKET_BOUNDS_US.len() - 1] as f64 / 1e3
+        ),
+        Some(Some(us)) => format!("≤ {} ms", us as f64 / 1e3),
+    };
+    println!(
+        "    in the brokers (request in → response ready, {} requests)   p50 {}  p99 {}",
+        h.count(),
+        text(0.5),
+        text(0.99)
     );
 }
 
@@ -259,8 +298,10 @@ async fn scenario(
     let producer = Producer::new(&client, config)?;
     // Warm-up: connections, producer id, first segment files.
     produce(&producer, &clock, topic, WARM_UP_RECORDS, None).await;
+    let before = produce_histogram(nodes).await;
     let peak = produce(&producer, &clock, topic, opts.records, None).await;
     print_row("produce, peak (latency: sampled, queueing incl.)", &peak);
+    print_broker_row(&produce_histogram(nodes).await.since(&before));
     let consumed = consume_all(
         &client,
         &clock,
@@ -279,8 +320,10 @@ async fn scenario(
         let rate = report.peak.records_per_s() / 2.0;
         let records = (rate * opts.half_rate_duration.as_secs_f64()) as u64;
         let (tail, stop_tail) = start_tail(&client, &clock, topic, opts.partitions).await?;
+        let before = produce_histogram(nodes).await;
         let half = produce(&producer, &clock, topic, records, Some(rate)).await;
         print_row(&format!("produce at half of peak ({rate:.0} rec/s)"), &half);
+        print_broker_row(&produce_histogram(nodes).await.since(&before));
         // Let the tail reach the end, then stop it.
         let deadline = clock.now().checked_add(Duration::from_secs(10));
         while tail.records() < half.records && deadline.is_some_and(|d| clock.now() < d) {

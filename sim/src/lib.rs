@@ -56,6 +56,8 @@ pub mod clock;
 #[cfg(madsim)]
 pub mod disk;
 #[cfg(madsim)]
+pub mod inbox;
+#[cfg(madsim)]
 pub mod kafka;
 #[cfg(madsim)]
 pub mod network;

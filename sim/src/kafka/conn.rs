@@ -37,7 +37,8 @@ use fjord::kafka::server::{
 };
 use fjord_replication::{BoxFuture, Clock, Envelope, Instant, Network, NodeId, Spawner};
 use futures::channel::mpsc;
-use futures::StreamExt;
+
+use crate::inbox::InboxNetwork;
 
 /// Simulated nodes with ids from here on are clients (see `World::start_client`).
 pub const CLIENT_ID_MIN: u32 = 1000;
@@ -695,10 +696,8 @@ impl ServerMux {
             .expect("mux poisoned")
             .take()
             .expect("broker network taken once");
-        Arc::new(BrokerNetwork {
-            inner: self.io.network.clone(),
-            rx: Mutex::new(rx),
-        })
+        // The broker's view of the node's network: node-to-node traffic only.
+        Arc::new(InboxNetwork::new(self.io.network.clone(), rx))
     }
 
     /// Routes the node's inbox until the node stops, serving Kafka connections with
@@ -722,37 +721,6 @@ impl ServerMux {
                 return;
             }
         }
-    }
-}
-
-/// The broker's view of the node's network: node-to-node traffic only.
-struct BrokerNetwork {
-    inner: Arc<dyn Network>,
-    rx: Mutex<mpsc::UnboundedReceiver<Envelope>>,
-}
-
-impl Network for BrokerNetwork {
-    fn local_id(&self) -> NodeId {
-        self.inner.local_id()
-    }
-
-    fn send(&self, to: NodeId, payload: Bytes) {
-        self.inner.send(to, payload);
-    }
-
-    fn recv(&self) -> BoxFuture<'_, Envelope> {
-        Box::pin(std::future::poll_fn(move |cx| {
-            match self
-                .rx
-                .lock()
-                .expect("broker inbox poisoned")
-                .poll_next_unpin(cx)
-            {
-                Poll::Ready(Some(env)) => Poll::Ready(env),
-                // The mux is gone: the node is stopping; nothing more arrives.
-                Poll::Ready(None) | Poll::Pending => Poll::Pending,
-            }
-        }))
     }
 }
 

@@ -3,7 +3,7 @@
 //! node's disk), a client front end, and an observer recording what the replicas believe.
 //!
 //! ```text
-//!   network ──demux── from a server ──▶ RaftNet ──▶ run_node (MultiRaft, one log per group)
+//!   network ──demux── from a server ──▶ InboxNetwork ──▶ run_node (MultiRaft, one log per group)
 //!              └───── from a client ──▶ front end ──▶ RaftNodeHandle (propose / read)
 //! ```
 //!
@@ -26,6 +26,7 @@ use futures::StreamExt;
 use super::proto::{Answer, Reply, Request};
 use super::{Shared, ACK_BEFORE_FSYNC, ACK_BEFORE_QUORUM, COMMIT_OLD_TERM_BY_COUNT};
 use super::{NO_TRUNCATE_ON_CONFLICT, VOTE_NOT_PERSISTED};
+use crate::inbox::InboxNetwork;
 use crate::workload::{NodeIo, Recorder};
 
 /// Interval of the Raft tick (the cores count election timeouts and heartbeats in ticks).
@@ -174,11 +175,8 @@ pub async fn serve(io: NodeIo, shared: Arc<Shared>) {
                 .observe(multi, events);
         })),
     };
-    let raft_net = Arc::new(RaftNet {
-        id: io.id,
-        inner: io.network.clone(),
-        rx: Mutex::new(raft_rx),
-    });
+    // The Raft loop's view of the network: only messages from servers.
+    let raft_net = Arc::new(InboxNetwork::new(io.network.clone(), raft_rx));
     let result = run_node(io.clock.clone(), raft_net, multi, commands, loop_cfg).await;
     match result {
         Ok(()) => tracing::info!("node loop ended"),
@@ -193,38 +191,6 @@ pub async fn serve(io: NodeIo, shared: Arc<Shared>) {
             ));
         }
         Err(e) => tracing::info!(error = %e, "node loop failed: stopping"),
-    }
-}
-
-/// The Raft loop's view of the network: only messages from servers.
-struct RaftNet {
-    id: NodeId,
-    inner: Arc<dyn Network>,
-    rx: Mutex<mpsc::UnboundedReceiver<Envelope>>,
-}
-
-impl Network for RaftNet {
-    fn local_id(&self) -> NodeId {
-        self.id
-    }
-
-    fn send(&self, to: NodeId, payload: Bytes) {
-        self.inner.send(to, payload);
-    }
-
-    fn recv(&self) -> BoxFuture<'_, Envelope> {
-        Box::pin(std::future::poll_fn(move |cx| {
-            match self
-                .rx
-                .lock()
-                .expect("raft inbox poisoned")
-                .poll_next_unpin(cx)
-            {
-                std::task::Poll::Ready(Some(env)) => std::task::Poll::Ready(env),
-                // The demultiplexer is gone only when the node is.
-                _ => std::task::Poll::Pending,
-            }
-        }))
     }
 }
 

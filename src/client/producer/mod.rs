@@ -31,7 +31,7 @@ use futures::channel::oneshot;
 use super::cluster::Client;
 use super::error::{Error, ResponseError};
 use super::notify::Notify;
-use state::ProducerState;
+use state::{Delivery, ProducerState};
 
 /// One record to send.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -282,16 +282,15 @@ impl Producer {
     /// Enqueues `record`. Never waits: the result comes through the returned future (which
     /// need not be polled for the record to be sent).
     pub fn send(&self, record: ProducerRecord) -> DeliveryFuture {
-        let (tx, rx) = oneshot::channel();
         let client = &self.shared.client;
         let now = client.clock().now();
         let wall = client.clock().wall_clock_ms();
         let metadata = client.metadata();
-        let wake = self.shared.state().append(record, tx, now, wall, &metadata);
+        let (wake, delivery) = self.shared.state().append(record, now, wall, &metadata);
         if wake {
             self.shared.notify.notify();
         }
-        DeliveryFuture(rx)
+        DeliveryFuture(delivery)
     }
 
     /// Sends everything enqueued before this call without lingering and waits for all of it
@@ -321,21 +320,29 @@ impl Producer {
     }
 }
 
-/// The result of one [`Producer::send`].
-pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata, ProduceError>>);
+/// The result of one [`Producer::send`]. Records sent into a batch share the batch's one
+/// completion (no channel per record).
+pub struct DeliveryFuture(Delivery);
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, ProduceError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| {
-            // The sender task went away without answering (its node stopped): the record
-            // may have been sent.
-            r.unwrap_or_else(|oneshot::Canceled| {
-                Err(ProduceError::Indeterminate {
-                    reason: "producer stopped before the outcome was known".to_string(),
-                })
+        // The sender task went away without answering (its node stopped): the record may
+        // have been sent.
+        let stopped = |oneshot::Canceled| {
+            Err(ProduceError::Indeterminate {
+                reason: "producer stopped before the outcome was known".to_string(),
             })
-        })
+        };
+        match &mut self.0 {
+            Delivery::Own(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or_else(stopped)),
+            Delivery::Batch { done, index } => {
+                let index = *index;
+                Pin::new(done)
+                    .poll(cx)
+                    .map(|r| r.map_or_else(stopped, |outcome| outcome.record(index)))
+            }
+        }
     }
 }

@@ -31,12 +31,14 @@
 //! (the leader appended it but the replicas did not confirm in time).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_log::{BuildOptions, RecordSpec};
 use fjord_replication::Instant;
 use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
@@ -60,7 +62,60 @@ const HEADER_OVERHEAD_BYTES: usize = 10;
 /// Records a new batch reserves room for at most (it grows beyond if they are smaller).
 const BATCH_RECORDS_PREALLOC_MAX: usize = 4096;
 
+/// A record's own reply (a record answered by itself: refused at once, or waiting for its
+/// topic's metadata when it was sent).
 pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata, ProduceError>>;
+
+/// How a batch ended, shared by the [`Delivery`]s of its records: one completion per batch
+/// instead of one channel per record.
+pub(crate) struct BatchOutcome {
+    tp: TopicPartition,
+    /// Base offset (-1: unknown) and LogAppendTime, or why the batch failed.
+    result: Result<(i64, Option<i64>), ProduceError>,
+    /// CreateTime of every record (the reported timestamp without LogAppendTime).
+    timestamps: Vec<i64>,
+}
+
+impl BatchOutcome {
+    /// The result of the batch's `index`th record.
+    pub(crate) fn record(&self, index: usize) -> Result<RecordMetadata, ProduceError> {
+        match &self.result {
+            Ok((base_offset, append_time)) => Ok(RecordMetadata {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                offset: if *base_offset < 0 {
+                    -1
+                } else {
+                    base_offset + index as i64
+                },
+                timestamp: append_time
+                    .or_else(|| self.timestamps.get(index).copied())
+                    .unwrap_or(-1),
+            }),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// A batch's completion as its records await it.
+pub(crate) type BatchDone = Shared<oneshot::Receiver<Arc<BatchOutcome>>>;
+
+/// Where one record's result will come from.
+pub(crate) enum Delivery {
+    Own(oneshot::Receiver<Result<RecordMetadata, ProduceError>>),
+    /// The `index`th record of a batch.
+    Batch {
+        done: BatchDone,
+        index: usize,
+    },
+}
+
+/// A record answered at once: its result, ready.
+fn answered(result: Result<RecordMetadata, ProduceError>) -> Delivery {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(result);
+    Delivery::Own(rx)
+}
 
 /// Estimated encoded size of a record (uncompressed), for batch and request limits.
 fn record_size(record: &ProducerRecord) -> usize {
@@ -92,8 +147,13 @@ impl Sequence {
 pub(crate) struct Batch {
     pub(crate) tp: TopicPartition,
     pub(crate) specs: Vec<RecordSpec>,
-    /// Record id and reply, one per spec.
-    replies: Vec<(u64, Reply)>,
+    /// The lowest id of its records: its entry in `ProducerState::incomplete`.
+    first_id: u64,
+    /// Records with a reply of their own (they waited for metadata): index and reply.
+    own_replies: Vec<(usize, Reply)>,
+    /// Completes every other record's [`Delivery`].
+    done: Option<oneshot::Sender<Arc<BatchOutcome>>>,
+    done_rx: BatchDone,
     size_bytes: usize,
     created: Instant,
     /// Takes no more records (full, or drained at least once).
@@ -110,6 +170,22 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// Appends a record; its delivery, unless it has a reply of its own.
+    fn add(&mut self, spec: RecordSpec, reply: Option<Reply>) -> Option<Delivery> {
+        let index = self.specs.len();
+        self.specs.push(spec);
+        match reply {
+            Some(reply) => {
+                self.own_replies.push((index, reply));
+                None
+            }
+            None => Some(Delivery::Batch {
+                done: self.done_rx.clone(),
+                index,
+            }),
+        }
+    }
+
     fn count(&self) -> i32 {
         self.specs.len() as i32
     }
@@ -143,7 +219,8 @@ struct Waiting {
     size: usize,
     timestamp: i64,
     since: Instant,
-    reply: Reply,
+    /// `None`: the record is placed at once and answered through its batch.
+    reply: Option<Reply>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,8 +317,13 @@ pub(crate) struct ProducerState {
     node_in_flight: BTreeMap<i32, usize>,
     buffered_bytes: usize,
     next_record_id: u64,
-    /// Ids of records not completed, for `flush`.
-    incomplete: BTreeSet<u64>,
+    /// Records not completed, for `flush`: a record with a reply of its own under its id,
+    /// a batch's records under the lowest id among them (they complete together), with
+    /// the number of records each entry stands for. The first key is the lowest id of
+    /// any incomplete record.
+    incomplete: BTreeMap<u64, usize>,
+    /// Records not completed (the sum of `incomplete`'s counts).
+    incomplete_records: usize,
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     closed: bool,
     /// Rotates the partition drained first, for fairness between partitions.
@@ -266,7 +348,8 @@ impl ProducerState {
             node_in_flight: BTreeMap::new(),
             buffered_bytes: 0,
             next_record_id: 0,
-            incomplete: BTreeSet::new(),
+            incomplete: BTreeMap::new(),
+            incomplete_records: 0,
             flush_waiters: Vec::new(),
             closed: false,
             drain_start: 0,
@@ -281,7 +364,7 @@ impl ProducerState {
     }
 
     pub(crate) fn pending_records(&self) -> usize {
-        self.incomplete.len()
+        self.incomplete_records
     }
 
     /// Topics with records waiting for metadata.
@@ -292,15 +375,15 @@ impl ProducerState {
     // ---- appending ----
 
     /// Enqueues a record (or answers it at once with an error). Returns whether the sender
-    /// should look at the state now (a new batch, a full batch, an unknown topic).
+    /// should look at the state now (a new batch, a full batch, an unknown topic), and where
+    /// the record's result will come from.
     pub(crate) fn append(
         &mut self,
         record: ProducerRecord,
-        reply: Reply,
         now: Instant,
         wall_clock_ms: i64,
         metadata: &ClusterMetadata,
-    ) -> bool {
+    ) -> (bool, Delivery) {
         let size = record_size(&record);
         let refuse = if self.closed {
             Some(ProduceError::Closed)
@@ -317,12 +400,10 @@ impl ProducerState {
             None
         };
         if let Some(error) = refuse {
-            let _ = reply.send(Err(error));
-            return false;
+            return (false, answered(Err(error)));
         }
         let id = self.next_record_id;
         self.next_record_id += 1;
-        self.incomplete.insert(id);
         self.buffered_bytes += size;
         let waiting = Waiting {
             timestamp: record.timestamp.unwrap_or(wall_clock_ms),
@@ -330,7 +411,7 @@ impl ProducerState {
             id,
             size,
             since: now,
-            reply,
+            reply: None,
         };
         let topic_ready = !self.waiting.contains_key(&waiting.record.topic)
             && metadata
@@ -338,18 +419,35 @@ impl ProducerState {
                 .and_then(|t| t.partition_count())
                 .is_some();
         if topic_ready {
-            self.place(waiting, now, metadata)
+            let (wake, delivery) = self.place(waiting, now, metadata);
+            let Some(delivery) = delivery else {
+                unreachable!("a record without a reply of its own gets a delivery");
+            };
+            (wake, delivery)
         } else {
+            let (tx, rx) = oneshot::channel();
+            let waiting = Waiting {
+                reply: Some(tx),
+                ..waiting
+            };
+            self.track(id, 1);
             self.waiting
                 .entry(waiting.record.topic.clone())
                 .or_default()
                 .push_back(waiting);
-            true
+            (true, Delivery::Own(rx))
         }
     }
 
     /// Partitions a record whose topic's metadata is known and appends it to a batch.
-    fn place(&mut self, w: Waiting, now: Instant, metadata: &ClusterMetadata) -> bool {
+    /// Returns whether the sender should look, and the record's delivery unless it has a
+    /// reply of its own.
+    fn place(
+        &mut self,
+        w: Waiting,
+        now: Instant,
+        metadata: &ClusterMetadata,
+    ) -> (bool, Option<Delivery>) {
         let topic = w.record.topic.clone();
         let Some(info) = metadata.topic(&topic) else {
             unreachable!("place is called with the topic's metadata known");
@@ -359,7 +457,7 @@ impl ProducerState {
         };
         let partition = match (w.record.partition, &w.record.key) {
             (Some(p), _) if p < 0 || p >= count => {
-                self.complete_record(
+                let delivery = self.complete_record(
                     w.id,
                     w.size,
                     w.reply,
@@ -368,7 +466,7 @@ impl ProducerState {
                         partition: p,
                     }),
                 );
-                return false;
+                return (false, delivery);
             }
             (Some(p), _) => p,
             (None, Some(key)) => partition_for_key(key, count),
@@ -431,11 +529,12 @@ impl ProducerState {
         &mut self,
         tp: TopicPartition,
         spec: RecordSpec,
-        reply: (u64, Reply),
+        (id, reply): (u64, Option<Reply>),
         size: usize,
         now: Instant,
-    ) -> bool {
+    ) -> (bool, Option<Delivery>) {
         let batch_size = self.config.batch_size_bytes;
+        let own = reply.is_some();
         let fits = self.open_batch_fits(&tp, size);
         if !self.partitions.contains_key(&tp) {
             self.partitions
@@ -448,28 +547,30 @@ impl ProducerState {
             let Some(batch) = p.queue.back_mut() else {
                 unreachable!("open_batch_fits saw a batch");
             };
-            batch.specs.push(spec);
-            batch.replies.push(reply);
+            let key = batch.first_id;
+            batch.first_id = key.min(id);
+            let delivery = batch.add(spec, reply);
             batch.size_bytes += size;
-            if batch.size_bytes >= batch_size {
+            let full = batch.size_bytes >= batch_size;
+            if full {
                 batch.closed = true;
-                return true;
             }
-            return false;
+            self.track_in_batch(own, id, key);
+            return (full, delivery);
         }
         if let Some(last) = p.queue.back_mut() {
             last.closed = true;
         }
         // Room for as many records of this size as the batch takes: no regrowth per record.
         let capacity = (batch_size / size.max(1)).clamp(1, BATCH_RECORDS_PREALLOC_MAX);
-        let mut specs = Vec::with_capacity(capacity);
-        specs.push(spec);
-        let mut replies = Vec::with_capacity(capacity);
-        replies.push(reply);
-        p.queue.push_back(Batch {
+        let (done, done_rx) = oneshot::channel();
+        let mut batch = Batch {
             tp,
-            specs,
-            replies,
+            specs: Vec::with_capacity(capacity),
+            first_id: id,
+            own_replies: Vec::new(),
+            done: Some(done),
+            done_rx: done_rx.shared(),
             size_bytes: fjord_log::batch::BATCH_HEADER_SIZE_BYTES + size,
             created: now,
             closed: size >= batch_size,
@@ -480,8 +581,45 @@ impl ProducerState {
             last_error: String::new(),
             last_code: None,
             encoded: None,
-        });
-        true
+        };
+        let delivery = batch.add(spec, reply);
+        p.queue.push_back(batch);
+        self.track_in_batch(own, id, id);
+        (true, delivery)
+    }
+
+    /// Counts `n` more incomplete records under `key`.
+    fn track(&mut self, key: u64, n: usize) {
+        *self.incomplete.entry(key).or_default() += n;
+        self.incomplete_records += n;
+    }
+
+    /// `n` records counted under `key` completed.
+    fn untrack(&mut self, key: u64, n: usize) {
+        if let Some(count) = self.incomplete.get_mut(&key) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.incomplete.remove(&key);
+            }
+        }
+        self.incomplete_records = self.incomplete_records.saturating_sub(n);
+    }
+
+    /// Record `id` joined the batch whose entry was `key` (`id` itself for a new batch);
+    /// `own`: it was counted under its own id until now (it waited for metadata).
+    fn track_in_batch(&mut self, own: bool, id: u64, key: u64) {
+        if own {
+            self.untrack(id, 1);
+        }
+        if id < key {
+            // A batch's records are placed in id order, so this is not expected; kept exact
+            // anyway: the batch's entry moves to its new lowest id.
+            let n = self.incomplete.remove(&key).unwrap_or(0);
+            self.incomplete_records = self.incomplete_records.saturating_sub(n);
+            self.track(id, n + 1);
+        } else {
+            self.track(key, 1);
+        }
     }
 
     // ---- flush and close ----
@@ -500,7 +638,10 @@ impl ProducerState {
     }
 
     fn check_flushes(&mut self) {
-        let first_incomplete = self.incomplete.first().copied().unwrap_or(u64::MAX);
+        let first_incomplete = self
+            .incomplete
+            .first_key_value()
+            .map_or(u64::MAX, |(id, _)| *id);
         let waiters = std::mem::take(&mut self.flush_waiters);
         for (target, tx) in waiters {
             if target <= first_incomplete {
@@ -511,39 +652,51 @@ impl ProducerState {
         }
     }
 
+    /// Answers a record on its own: through its reply, or (without one) through the
+    /// returned delivery.
     fn complete_record(
         &mut self,
         id: u64,
         size: usize,
-        reply: Reply,
+        reply: Option<Reply>,
         result: Result<RecordMetadata, ProduceError>,
-    ) {
-        let _ = reply.send(result);
-        self.incomplete.remove(&id);
+    ) -> Option<Delivery> {
+        let delivery = match reply {
+            Some(reply) => {
+                // Only records with a reply of their own are tracked by their id.
+                self.untrack(id, 1);
+                let _ = reply.send(result);
+                None
+            }
+            None => Some(answered(result)),
+        };
         self.buffered_bytes = self.buffered_bytes.saturating_sub(size);
         self.check_flushes();
+        delivery
     }
 
-    fn complete_batch(&mut self, batch: Batch, result: Result<(i64, Option<i64>), ProduceError>) {
-        let size = batch.size_bytes;
-        for (i, ((id, reply), spec)) in batch.replies.into_iter().zip(batch.specs).enumerate() {
-            let r = match &result {
-                Ok((base_offset, append_time)) => Ok(RecordMetadata {
-                    topic: batch.tp.topic.clone(),
-                    partition: batch.tp.partition,
-                    offset: if *base_offset < 0 {
-                        -1
-                    } else {
-                        base_offset + i as i64
-                    },
-                    timestamp: append_time.unwrap_or(spec.timestamp_ms),
-                }),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = reply.send(r);
-            self.incomplete.remove(&id);
+    fn complete_batch(
+        &mut self,
+        mut batch: Batch,
+        result: Result<(i64, Option<i64>), ProduceError>,
+    ) {
+        let timestamps = match result {
+            Ok((_, Some(_))) => Vec::new(),
+            _ => batch.specs.iter().map(|s| s.timestamp_ms).collect(),
+        };
+        let outcome = Arc::new(BatchOutcome {
+            tp: batch.tp.clone(),
+            result,
+            timestamps,
+        });
+        for (index, reply) in batch.own_replies.drain(..) {
+            let _ = reply.send(outcome.record(index));
         }
-        self.buffered_bytes = self.buffered_bytes.saturating_sub(size);
+        if let Some(done) = batch.done.take() {
+            let _ = done.send(outcome);
+        }
+        self.untrack(batch.first_id, batch.specs.len());
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(batch.size_bytes);
         self.check_flushes();
     }
 
@@ -574,8 +727,8 @@ impl ProducerState {
         self.resolve_streams();
         self.drain(now, metadata, &mut step);
         step.want_producer_id =
-            self.producer_id == ProducerId::Missing && !self.incomplete.is_empty();
-        step.finished = self.closed && self.incomplete.is_empty();
+            self.producer_id == ProducerId::Missing && self.incomplete_records > 0;
+        step.finished = self.closed && self.incomplete_records == 0;
         step
     }
 
@@ -1173,7 +1326,7 @@ mod tests {
     use super::*;
     use crate::client::testkit::metadata_response;
 
-    type Rx = oneshot::Receiver<Result<RecordMetadata, ProduceError>>;
+    type Rx = crate::client::producer::DeliveryFuture;
 
     fn config() -> ProducerConfig {
         ProducerConfig {
@@ -1223,11 +1376,9 @@ mod tests {
         }
 
         fn send(&mut self, partition: i32, value: &[u8], now: Instant) -> Rx {
-            let (tx, rx) = oneshot::channel();
             let record =
                 ProducerRecord::new("t", Bytes::copy_from_slice(value)).with_partition(partition);
-            self.state.append(record, tx, now, 0, &self.md);
-            rx
+            crate::client::producer::DeliveryFuture(self.state.append(record, now, 0, &self.md).1)
         }
 
         fn step(&mut self, now: Instant) -> Step {
@@ -1254,7 +1405,7 @@ mod tests {
     }
 
     fn result(rx: &mut Rx) -> Option<Result<RecordMetadata, ProduceError>> {
-        rx.now_or_never().map(|r| r.expect("answered"))
+        rx.now_or_never()
     }
 
     fn seqs(plan: &RequestPlan) -> Vec<(i32, i32, i16)> {
@@ -1291,6 +1442,86 @@ mod tests {
             .collect();
         assert_eq!(offsets, [40, 41, 42]);
         assert_eq!(h.state.pending_records(), 0);
+    }
+
+    #[test]
+    fn records_of_a_batch_share_one_completion_and_waiting_records_keep_their_own() {
+        let mut h = Harness::new(config(), 1);
+        // A record for a topic without metadata waits with a reply of its own...
+        let wrap = crate::client::producer::DeliveryFuture;
+        let mut waited = wrap(
+            h.state
+                .append(
+                    ProducerRecord::new("other", "w").with_timestamp(7),
+                    ms(0),
+                    0,
+                    &h.md,
+                )
+                .1,
+        );
+        assert!(matches!(waited.0, Delivery::Own(_)));
+        h.md.apply(
+            &metadata_response(&[(1, "b1:9092")], &[("t", &[1]), ("other", &[1])]),
+            false,
+            ms(1),
+        );
+        h.step(ms(1));
+        // ...and shares the batch the next records of its partition join.
+        let mut joined: Vec<Rx> = (0..2)
+            .map(|i| {
+                let record = ProducerRecord::new("other", vec![i])
+                    .with_partition(0)
+                    .with_timestamp(8 + i64::from(i));
+                wrap(h.state.append(record, ms(2), 0, &h.md).1)
+            })
+            .collect();
+        let (a, b) = match (&joined[0].0, &joined[1].0) {
+            (Delivery::Batch { done: a, index: 1 }, Delivery::Batch { done: b, index: 2 }) => {
+                (a, b)
+            }
+            _ => panic!("records placed at once complete through their batch"),
+        };
+        assert!(a.ptr_eq(b), "one completion for the whole batch");
+        assert!(result(&mut joined[0]).is_none());
+        assert_eq!(h.state.pending_records(), 3);
+        let mut flushed = h.state.flush();
+        assert_eq!(flushed.try_recv(), Ok(None), "the batch is not done");
+        let mut step = h.step(ms(10));
+        let plan = step.requests.remove(0);
+        assert_eq!(plan.batches[0].specs.len(), 3);
+        let outcome = response(&plan, 0, &[20]);
+        h.state.on_outcome(plan, outcome, ms(11));
+        let meta = |rx: &mut Rx| {
+            let m = result(rx).expect("done").expect("acked");
+            (m.topic, m.partition, m.offset, m.timestamp)
+        };
+        assert_eq!(meta(&mut waited), ("other".to_string(), 0, 20, 7));
+        assert_eq!(meta(&mut joined[0]), ("other".to_string(), 0, 21, 8));
+        assert_eq!(meta(&mut joined[1]), ("other".to_string(), 0, 22, 9));
+        assert_eq!(h.state.pending_records(), 0);
+        assert_eq!(flushed.try_recv(), Ok(Some(())));
+    }
+
+    #[test]
+    fn a_batch_failure_reaches_every_record_and_a_dropped_producer_is_indeterminate() {
+        let mut h = Harness::new(config(), 1);
+        let mut rxs: Vec<Rx> = (0..2).map(|i| h.send(0, &[i], ms(0))).collect();
+        let mut step = h.step(ms(5));
+        let plan = step.requests.remove(0);
+        let outcome = response(&plan, ResponseError::MessageTooLarge.code(), &[0]);
+        h.state.on_outcome(plan, outcome, ms(6));
+        for rx in &mut rxs {
+            assert!(matches!(
+                result(rx),
+                Some(Err(ProduceError::Rejected(ResponseError::MessageTooLarge)))
+            ));
+        }
+        let mut pending = h.send(0, b"x", ms(7));
+        drop(h);
+        assert!(matches!(
+            result(&mut pending),
+            Some(Err(ProduceError::Indeterminate { .. }))
+        ));
     }
 
     #[test]
@@ -1416,7 +1647,10 @@ mod tests {
                 batches: vec![Batch {
                     tp: TopicPartition::new("t", 0),
                     specs: Vec::new(),
-                    replies: Vec::new(),
+                    first_id: 0,
+                    own_replies: Vec::new(),
+                    done: None,
+                    done_rx: oneshot::channel().1.shared(),
                     size_bytes: 0,
                     created: Instant::ZERO,
                     closed: true,
@@ -1666,9 +1900,11 @@ mod tests {
             },
             1,
         );
-        let (tx, mut rx) = oneshot::channel();
-        h.state
-            .append(ProducerRecord::new("other", "v"), tx, ms(0), 0, &h.md);
+        let mut rx = crate::client::producer::DeliveryFuture(
+            h.state
+                .append(ProducerRecord::new("other", "v"), ms(0), 0, &h.md)
+                .1,
+        );
         let step = h.step(ms(1));
         assert!(step.want_metadata);
         assert_eq!(step.wake_at, Some(ms(1000)));
@@ -1684,14 +1920,9 @@ mod tests {
     fn keyed_records_follow_murmur2_and_keyless_stick_per_batch() {
         let mut h = Harness::new(config(), 4);
         for key in ["a", "b", "c", "d", "e"] {
-            let (tx, _rx) = oneshot::channel();
-            h.state.append(
-                ProducerRecord::new("t", "v").with_key(key),
-                tx,
-                ms(0),
-                0,
-                &h.md,
-            );
+            let _ = h
+                .state
+                .append(ProducerRecord::new("t", "v").with_key(key), ms(0), 0, &h.md);
             let p = partition_for_key(key.as_bytes(), 4);
             let q = &h.state.partitions[&TopicPartition::new("t", p)].queue;
             assert!(q
@@ -1703,9 +1934,9 @@ mod tests {
         }
         let mut h = Harness::new(config(), 4);
         for _ in 0..5 {
-            let (tx, _rx) = oneshot::channel();
-            h.state
-                .append(ProducerRecord::new("t", "v"), tx, ms(0), 0, &h.md);
+            let _ = h
+                .state
+                .append(ProducerRecord::new("t", "v"), ms(0), 0, &h.md);
         }
         let used: Vec<usize> = h
             .state

@@ -77,7 +77,7 @@ impl Default for BenchOptions {
             records: 2_000_000,
             partitions: 4,
             batch_size_bytes: 256 * 1024,
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(1),
             half_rate_duration: Duration::from_secs(10),
             raw_duration: Duration::from_secs(3),
             dir: None,
@@ -96,6 +96,9 @@ pub struct Figures {
     pub elapsed: Duration,
     /// Sorted latencies in nanoseconds (samples).
     pub latencies: Vec<u64>,
+    /// Rate-limited runs: how far the generator fell behind its schedule at worst (a
+    /// record sent late counts its latency from when it was due).
+    pub lag_max: Duration,
 }
 
 impl Figures {
@@ -323,6 +326,10 @@ async fn scenario(
         let before = produce_histogram(nodes).await;
         let half = produce(&producer, &clock, topic, records, Some(rate)).await;
         print_row(&format!("produce at half of peak ({rate:.0} rec/s)"), &half);
+        println!(
+            "    latency from each record's scheduled send time (open loop); the generator was at most {:.2} ms behind schedule",
+            half.lag_max.as_secs_f64() * 1e3
+        );
         print_broker_row(&produce_histogram(nodes).await.since(&before));
         // Let the tail reach the end, then stop it.
         let deadline = clock.now().checked_add(Duration::from_secs(10));
@@ -396,6 +403,7 @@ fn raw_limit(
         failures: 0,
         elapsed,
         latencies,
+        lag_max: Duration::ZERO,
     })
 }
 
@@ -502,12 +510,18 @@ async fn create_topic(
     }
 }
 
-/// A record whose value starts with the send time (for end-to-end latency).
-fn record(topic: &str, template: &[u8], sent: Instant) -> ProducerRecord {
-    let mut value = BytesMut::with_capacity(template.len());
-    value.put_u64(sent.as_nanos());
-    value.extend_from_slice(&template[8..]);
-    ProducerRecord::new(topic, value.freeze())
+/// Values carved from one buffer of this size (one allocation per many records).
+const VALUE_ARENA_BYTES: usize = 1 << 16;
+
+/// A record whose value starts with the send time (for end-to-end latency), its value cut
+/// from `arena`.
+fn record(topic: &str, template: &[u8], sent: Instant, arena: &mut BytesMut) -> ProducerRecord {
+    if arena.capacity() < template.len() {
+        *arena = BytesMut::with_capacity(VALUE_ARENA_BYTES.max(template.len()));
+    }
+    arena.put_u64(sent.as_nanos());
+    arena.extend_from_slice(&template[8..]);
+    ProducerRecord::new(topic, arena.split().freeze())
 }
 
 /// Produces `records` records, as fast as the producer takes them or at `rate` records/s.
@@ -525,6 +539,8 @@ async fn produce(
     let mut window: VecDeque<DeliveryFuture> = VecDeque::new();
     let start = clock.now();
     let mut sent = 0u64;
+    let mut lag_max = Duration::ZERO;
+    let mut arena = BytesMut::new();
     while sent < records {
         let due = match rate {
             Some(r) => {
@@ -534,8 +550,23 @@ async fn produce(
             None => records,
         };
         while sent < due && window.len() < WINDOW_MAX_RECORDS {
-            let t = clock.now();
-            let delivery = producer.send(record(topic, &template, t));
+            let now = clock.now();
+            // Open loop: a record's latency runs from when the schedule says it is due, so
+            // a generator that falls behind (CPU starvation, a full window) shows up in the
+            // figures instead of hiding its backlog (coordinated omission). At peak there
+            // is no schedule: from the send itself.
+            let t = match rate {
+                Some(r) => {
+                    let due_at = start
+                        .checked_add(Duration::from_secs_f64(sent as f64 / r))
+                        .unwrap_or(now)
+                        .min(now);
+                    lag_max = lag_max.max(now.saturating_duration_since(due_at));
+                    due_at
+                }
+                None => now,
+            };
+            let delivery = producer.send(record(topic, &template, t, &mut arena));
             if sent % LATENCY_SAMPLE_EVERY == 0 {
                 let (clock, samples, failures) = (clock.clone(), samples.clone(), failures.clone());
                 sample_tasks.push(tokio::spawn(async move {
@@ -595,6 +626,7 @@ async fn produce(
         failures,
         elapsed,
         latencies,
+        lag_max,
     }
 }
 
@@ -653,6 +685,7 @@ async fn consume_all(
         failures: 0,
         elapsed,
         latencies: Vec::new(),
+        lag_max: Duration::ZERO,
     })
 }
 
@@ -682,6 +715,7 @@ impl Tail {
             failures: 0,
             elapsed,
             latencies,
+            lag_max: Duration::ZERO,
         }
     }
 }
@@ -768,6 +802,7 @@ mod tests {
             failures: 0,
             elapsed: Duration::from_secs(2),
             latencies: (1..=100).map(|i| i * 1_000_000).collect(),
+            lag_max: Duration::ZERO,
         };
         assert_eq!(f.records_per_s(), 50.0);
         assert_eq!(f.latency_ms(0.5), Some(51.0));

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fjord_log::LogConfig;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::mpsc::{self, TryRecvError};
+use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 
 use crate::io::{Clock, IoWait, Network, FRAME_SIZE_MAX_BYTES};
@@ -247,6 +248,9 @@ pub async fn run_node(
     let mut tick = clock.sleep(cfg.tick).fuse();
     let result = loop {
         let mut inputs = 0usize;
+        // Set when the command channel turns out closed while draining: the round finishes
+        // (its inputs are processed and sent like any other), then the loop stops.
+        let mut closed = false;
         futures::select_biased! {
             env = recv => {
                 recv = net.recv().fuse();
@@ -270,10 +274,20 @@ pub async fn run_node(
             if let Some(env) = (&mut recv).now_or_never() {
                 recv = net.recv().fuse();
                 deliver(&mut multi, env.from, &env.payload)?;
-            } else if let Ok(cmd) = commands.try_recv() {
-                handle_command(&mut multi, &mut waiters, cmd)?;
             } else {
-                break;
+                match commands.try_recv() {
+                    Ok(cmd) => handle_command(&mut multi, &mut waiters, cmd)?,
+                    Err(TryRecvError::Empty) => break,
+                    // The end of the channel is reported once: `try_recv` has now fused
+                    // the receiver, and `select_biased!` skips a terminated branch, so
+                    // `commands.next()` never yields this `None` again. Ignoring it here
+                    // left the loop running forever after its last handle was dropped
+                    // (still leading and heartbeating, so its peers never elected anew).
+                    Err(TryRecvError::Closed) => {
+                        closed = true;
+                        break;
+                    }
+                }
             }
             inputs += 1;
         }
@@ -300,6 +314,9 @@ pub async fn run_node(
             observe(&multi, &events);
         }
         resolve_waiters(&multi, &mut waiters, cfg.ack_before_quorum);
+        if closed {
+            break Ok(());
+        }
     };
     for (_, ws) in std::mem::take(&mut waiters) {
         for w in ws {
@@ -479,4 +496,141 @@ fn outcome(
         return Some(Err(ProposeFailure::Indeterminate));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::task::Poll;
+
+    use fjord_log::testing::MemDisk;
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+
+    use super::*;
+    use crate::io::{BoxFuture, Envelope, Instant};
+    use crate::multiraft::MultiRaftConfig;
+
+    /// Time that never passes: the loop only runs when a message or a command arrives.
+    struct FrozenClock;
+
+    impl Clock for FrozenClock {
+        fn now(&self) -> Instant {
+            Instant::ZERO
+        }
+        fn wall_clock_ms(&self) -> i64 {
+            0
+        }
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A network whose inbox the test fills; what the loop sends is dropped.
+    struct ManualNetwork {
+        inbox: Mutex<mpsc::UnboundedReceiver<Envelope>>,
+    }
+
+    impl Network for ManualNetwork {
+        fn local_id(&self) -> NodeId {
+            NodeId(1)
+        }
+        fn send(&self, _: NodeId, _: Bytes) {}
+        fn recv(&self) -> BoxFuture<'_, Envelope> {
+            Box::pin(std::future::poll_fn(move |cx| {
+                match self.inbox.lock().expect("inbox").poll_next_unpin(cx) {
+                    Poll::Ready(Some(env)) => Poll::Ready(env),
+                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                }
+            }))
+        }
+    }
+
+    /// Runs a node loop on a single-threaded executor until nothing can make progress;
+    /// returns whether the loop ended, with `Ok`.
+    fn runs_to_completion(
+        inbox: mpsc::UnboundedReceiver<Envelope>,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> bool {
+        let multi = MultiRaft::open(
+            MultiRaftConfig::new(NodeId(1), "", 1),
+            Arc::new(MemDisk::new(1)),
+        )
+        .expect("open");
+        let network = Arc::new(ManualNetwork {
+            inbox: Mutex::new(inbox),
+        });
+        let ended = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&ended);
+        let mut pool = LocalPool::new();
+        pool.spawner()
+            .spawn_local(async move {
+                let result = run_node(
+                    Arc::new(FrozenClock),
+                    network,
+                    multi,
+                    commands,
+                    NodeLoopConfig::default(),
+                )
+                .await;
+                *slot.lock().expect("slot") = Some(result.is_ok());
+            })
+            .expect("spawn");
+        pool.run_until_stalled();
+        let ended = ended.lock().expect("slot").take();
+        ended == Some(true)
+    }
+
+    fn garbage_frame() -> Envelope {
+        Envelope {
+            from: NodeId(2),
+            to: NodeId(1),
+            payload: Bytes::from_static(b"not a frame"),
+        }
+    }
+
+    #[test]
+    fn stops_when_its_last_handle_is_dropped() {
+        let (_net_tx, inbox) = mpsc::unbounded();
+        let (handle, commands) = RaftNodeHandle::channel();
+        drop(handle);
+        assert!(runs_to_completion(inbox, commands));
+    }
+
+    /// The round that takes a message from the network drains the command channel with
+    /// `try_recv`: that is where it finds the channel closed, and the only place it can.
+    #[test]
+    fn stops_when_the_handle_is_dropped_while_a_message_is_ready() {
+        let (net_tx, inbox) = mpsc::unbounded();
+        net_tx.unbounded_send(garbage_frame()).expect("queued");
+        let (handle, commands) = RaftNodeHandle::channel();
+        drop(handle);
+        assert!(
+            runs_to_completion(inbox, commands),
+            "the loop outlived its command channel"
+        );
+    }
+
+    /// A command and then the end of the channel: the command is answered (its round
+    /// completes), then the loop stops.
+    #[test]
+    fn answers_the_last_command_then_stops() {
+        let (_net_tx, inbox) = mpsc::unbounded();
+        let (handle, commands) = RaftNodeHandle::channel();
+        let (reply, mut answer) = oneshot::channel();
+        handle
+            .tx
+            .unbounded_send(Command::Status {
+                group: GroupId::new(1, 0),
+                reply,
+            })
+            .expect("queued");
+        drop(handle);
+        assert!(
+            runs_to_completion(inbox, commands),
+            "the loop outlived its command channel"
+        );
+        // No such group here: the loop answered `None`.
+        assert_eq!(answer.try_recv(), Ok(Some(None)));
+    }
 }

@@ -237,3 +237,129 @@ pub fn start(
     };
     Ok((handle, node.run(rx).boxed()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::task::Poll;
+
+    use bytes::Bytes;
+    use fjord_log::testing::MemDisk;
+    use fjord_replication::{Envelope, Instant};
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// Time that never passes: the broker only runs when a frame or a command arrives.
+    struct FrozenClock;
+
+    impl Clock for FrozenClock {
+        fn now(&self) -> Instant {
+            Instant::ZERO
+        }
+        fn wall_clock_ms(&self) -> i64 {
+            0
+        }
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A network whose inbox the test fills; what the broker sends is dropped.
+    struct ManualNetwork {
+        inbox: Mutex<mpsc::UnboundedReceiver<Envelope>>,
+    }
+
+    impl Network for ManualNetwork {
+        fn local_id(&self) -> NodeId {
+            NodeId(1)
+        }
+        fn send(&self, _: NodeId, _: Bytes) {}
+        fn recv(&self) -> BoxFuture<'_, Envelope> {
+            Box::pin(std::future::poll_fn(move |cx| {
+                match self.inbox.lock().expect("inbox").poll_next_unpin(cx) {
+                    Poll::Ready(Some(env)) => Poll::Ready(env),
+                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                }
+            }))
+        }
+    }
+
+    /// The broker spawns nothing; tasks would be dropped.
+    struct NoSpawner;
+
+    impl Spawner for NoSpawner {
+        fn spawn(&self, _: &'static str, _: BoxFuture<'static, ()>) {}
+    }
+
+    /// A broker on doubles: its handle, its loop, and the sender of its network inbox.
+    fn broker() -> (
+        BrokerHandle,
+        BoxFuture<'static, Result<(), BrokerError>>,
+        mpsc::UnboundedSender<Envelope>,
+    ) {
+        let (net_tx, inbox) = mpsc::unbounded();
+        let io = BrokerIo {
+            clock: Arc::new(FrozenClock),
+            network: Arc::new(ManualNetwork {
+                inbox: Mutex::new(inbox),
+            }),
+            disk: Arc::new(MemDisk::new(1)),
+            spawner: Arc::new(NoSpawner),
+            io_wait: None,
+            disk_jobs: None,
+        };
+        let config = BrokerConfig::new(NodeId(1), BTreeSet::from([NodeId(1)]), 1);
+        let (handle, run) = start(io, config).expect("start");
+        (handle, run, net_tx)
+    }
+
+    /// Polls the broker's loop until nothing can make progress; whether it ended with `Ok`.
+    fn runs_to_completion(run: BoxFuture<'static, Result<(), BrokerError>>) -> bool {
+        let ended = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&ended);
+        let mut pool = LocalPool::new();
+        pool.spawner()
+            .spawn_local(async move {
+                let ok = run.await.is_ok();
+                *slot.lock().expect("slot") = Some(ok);
+            })
+            .expect("spawn");
+        pool.run_until_stalled();
+        let ended = ended.lock().expect("slot").take();
+        ended == Some(true)
+    }
+
+    /// The round that takes a frame from the network drains the command channel with
+    /// `try_recv`: that is where it finds the channel closed, and the only place it can.
+    #[test]
+    fn stops_when_the_last_handle_is_dropped_while_a_frame_is_ready() {
+        let (handle, run, net_tx) = broker();
+        net_tx
+            .unbounded_send(Envelope {
+                from: NodeId(2),
+                to: NodeId(1),
+                payload: Bytes::from_static(b"not a node message"),
+            })
+            .expect("queued");
+        drop(handle);
+        assert!(runs_to_completion(run), "the broker outlived its handles");
+    }
+
+    /// A command and then the end of the channel: the command is answered, then the
+    /// broker stops.
+    #[test]
+    fn answers_the_last_command_then_stops() {
+        let (handle, run, _net_tx) = broker();
+        let (reply, mut answer) = oneshot::channel();
+        handle
+            .tx
+            .unbounded_send(Command::Status { reply })
+            .expect("queued");
+        drop(handle);
+        assert!(runs_to_completion(run), "the broker outlived its handles");
+        assert!(matches!(answer.try_recv(), Ok(Some(_))), "not answered");
+    }
+}

@@ -8,7 +8,8 @@ use fjord_log::{BatchHeader, BatchIter, LogConfig};
 use fjord_replication::multiraft::{GroupEvent, GroupId, MultiRaft, MultiRaftConfig};
 use fjord_replication::raft::{Membership, ProposeError, RaftLog, Role, Term};
 use fjord_replication::NodeId;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::mpsc::{self, TryRecvError};
+use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 use kafka_protocol::messages::ResponseKind;
 use kafka_protocol::ResponseError;
@@ -242,6 +243,9 @@ impl Node {
         let mut shutdown: Option<oneshot::Sender<()>> = None;
         loop {
             let mut inputs = 0usize;
+            // Set when the command channel turns out closed while draining: the round
+            // finishes, then the loop stops.
+            let mut closed = false;
             futures::select_biased! {
                 env = recv => {
                     recv = network.recv().fuse();
@@ -268,16 +272,23 @@ impl Node {
                 if let Some(env) = (&mut recv).now_or_never() {
                     recv = network.recv().fuse();
                     self.on_frame(env.from, &env.payload)?;
-                } else if let Ok(cmd) = commands.try_recv() {
-                    match cmd {
-                        Command::Shutdown { reply } => {
+                } else {
+                    match commands.try_recv() {
+                        Ok(Command::Shutdown { reply }) => {
                             self.begin_shutdown();
                             shutdown = Some(reply);
                         }
-                        cmd => self.on_command(cmd),
+                        Ok(cmd) => self.on_command(cmd),
+                        Err(TryRecvError::Empty) => break,
+                        // Reported once: `try_recv` has now fused the receiver and
+                        // `select_biased!` skips it from now on, so `commands.next()` never
+                        // yields `None` again. Ignoring it kept the broker running forever
+                        // after its last handle was dropped.
+                        Err(TryRecvError::Closed) => {
+                            closed = true;
+                            break;
+                        }
                     }
-                } else {
-                    break;
                 }
                 inputs += 1;
             }
@@ -296,6 +307,9 @@ impl Node {
                     break;
                 }
                 shutdown = Some(reply);
+            }
+            if closed {
+                break;
             }
         }
         Ok(())

@@ -98,6 +98,10 @@ enum Command {
         /// Seconds of the half-of-peak run (3 brokers).
         #[arg(long, default_value_t = 10.0)]
         half_rate_seconds: f64,
+        /// After the half-of-peak run (3 brokers), runs at these fractions of the peak too
+        /// (comma-separated, e.g. 0.25,0.75), without the tailing consumer.
+        #[arg(long, value_delimiter = ',')]
+        extra_load_fractions: Vec<f64>,
         /// Seconds of each raw write+fdatasync loop.
         #[arg(long, default_value_t = 3.0)]
         raw_seconds: f64,
@@ -300,6 +304,7 @@ fn main() -> anyhow::Result<()> {
                 batch_kib,
                 linger_ms,
                 half_rate_seconds,
+                extra_load_fractions,
                 raw_seconds,
                 dir,
                 only_single,
@@ -311,6 +316,10 @@ fn main() -> anyhow::Result<()> {
                     batch_size_bytes: batch_kib * 1024,
                     linger: Duration::from_millis(linger_ms),
                     half_rate_duration: Duration::from_secs_f64(half_rate_seconds.max(0.1)),
+                    extra_load_fractions: extra_load_fractions
+                        .into_iter()
+                        .filter(|f| f.is_finite() && *f > 0.0)
+                        .collect(),
                     raw_duration: Duration::from_secs_f64(raw_seconds.max(0.1)),
                     dir,
                     single: !only_cluster,

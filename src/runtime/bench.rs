@@ -63,6 +63,9 @@ pub struct BenchOptions {
     pub linger: Duration,
     /// Duration of the half-of-peak run.
     pub half_rate_duration: Duration,
+    /// Extra rate-limited runs after the half-of-peak one, at these fractions of the peak
+    /// (the latency curve around the target's load; the target itself is at 0.5).
+    pub extra_load_fractions: Vec<f64>,
     /// Duration of each raw-disk loop.
     pub raw_duration: Duration,
     /// Where the brokers' data goes (a fresh temporary directory inside it).
@@ -79,6 +82,7 @@ impl Default for BenchOptions {
             batch_size_bytes: 256 * 1024,
             linger: Duration::from_millis(1),
             half_rate_duration: Duration::from_secs(10),
+            extra_load_fractions: Vec::new(),
             raw_duration: Duration::from_secs(3),
             dir: None,
             single: true,
@@ -142,40 +146,53 @@ fn print_row(name: &str, f: &Figures) {
     );
 }
 
-/// The brokers' own latency of Produce requests (decoded request handed to the broker →
-/// response ready: the commit path without the client's batching and queueing), summed
-/// over the nodes.
-async fn produce_histogram(nodes: &[RunningNode]) -> Histogram {
-    let mut total = Histogram::default();
-    for n in nodes {
-        if let Some(api) = n
-            .broker
-            .metrics()
-            .await
-            .and_then(|m| m.requests.apis.get(&PRODUCE_API_KEY).cloned())
-        {
-            total.merge(&api.latency);
-        }
-    }
-    total
+/// What the brokers say about themselves: the latency of Produce requests (decoded request
+/// handed to the broker → response ready: the commit path without the client's batching and
+/// queueing), summed over the nodes, and how many times a local Raft member became leader
+/// (a leadership change stalls its partitions' produce for an election).
+#[derive(Default)]
+struct BrokerSnapshot {
+    produce: Histogram,
+    leaderships_gained: u64,
 }
 
-/// Prints the brokers' Produce latency quantiles (bucket upper bounds).
-fn print_broker_row(h: &Histogram) {
-    let text = |q: f64| match h.quantile_bound_us(q) {
-        None => "-".to_string(),
-        Some(None) => format!(
-            "> {:.0} ms",
-            LATENCY_BUCKET_BOUNDS_US[LATENCY_BUCKET_BOUNDS_US.len() - 1] as f64 / 1e3
-        ),
-        Some(Some(us)) => format!("≤ {} ms", us as f64 / 1e3),
-    };
-    println!(
-        "    in the brokers (request in → response ready, {} requests)   p50 {}  p99 {}",
-        h.count(),
-        text(0.5),
-        text(0.99)
-    );
+impl BrokerSnapshot {
+    async fn take(nodes: &[RunningNode]) -> BrokerSnapshot {
+        let mut snapshot = BrokerSnapshot::default();
+        for n in nodes {
+            let Some(m) = n.broker.metrics().await else {
+                continue;
+            };
+            snapshot.leaderships_gained += m.node.raft.leaderships_gained;
+            if let Some(api) = m.requests.apis.get(&PRODUCE_API_KEY) {
+                snapshot.produce.merge(&api.latency);
+            }
+        }
+        snapshot
+    }
+
+    /// Prints what changed since `before`: Produce latency quantiles (bucket upper bounds)
+    /// and leadership changes.
+    async fn print_since(self, nodes: &[RunningNode]) {
+        let now = BrokerSnapshot::take(nodes).await;
+        let h = now.produce.since(&self.produce);
+        let text = |q: f64| match h.quantile_bound_us(q) {
+            None => "-".to_string(),
+            Some(None) => format!(
+                "> {:.0} ms",
+                LATENCY_BUCKET_BOUNDS_US[LATENCY_BUCKET_BOUNDS_US.len() - 1] as f64 / 1e3
+            ),
+            Some(Some(us)) => format!("≤ {} ms", us as f64 / 1e3),
+        };
+        println!(
+            "    in the brokers (request in → response ready, {} requests)   p50 {}  p99 {}  leaders elected during the run: {}",
+            h.count(),
+            text(0.5),
+            text(0.99),
+            now.leaderships_gained
+                .saturating_sub(self.leaderships_gained)
+        );
+    }
 }
 
 /// The figures of one scenario.
@@ -301,10 +318,10 @@ async fn scenario(
     let producer = Producer::new(&client, config)?;
     // Warm-up: connections, producer id, first segment files.
     produce(&producer, &clock, topic, WARM_UP_RECORDS, None).await;
-    let before = produce_histogram(nodes).await;
+    let before = BrokerSnapshot::take(nodes).await;
     let peak = produce(&producer, &clock, topic, opts.records, None).await;
     print_row("produce, peak (latency: sampled, queueing incl.)", &peak);
-    print_broker_row(&produce_histogram(nodes).await.since(&before));
+    before.print_since(nodes).await;
     let consumed = consume_all(
         &client,
         &clock,
@@ -323,14 +340,14 @@ async fn scenario(
         let rate = report.peak.records_per_s() / 2.0;
         let records = (rate * opts.half_rate_duration.as_secs_f64()) as u64;
         let (tail, stop_tail) = start_tail(&client, &clock, topic, opts.partitions).await?;
-        let before = produce_histogram(nodes).await;
+        let before = BrokerSnapshot::take(nodes).await;
         let half = produce(&producer, &clock, topic, records, Some(rate)).await;
         print_row(&format!("produce at half of peak ({rate:.0} rec/s)"), &half);
         println!(
             "    latency from each record's scheduled send time (open loop); the generator was at most {:.2} ms behind schedule",
             half.lag_max.as_secs_f64() * 1e3
         );
-        print_broker_row(&produce_histogram(nodes).await.since(&before));
+        before.print_since(nodes).await;
         // Let the tail reach the end, then stop it.
         let deadline = clock.now().checked_add(Duration::from_secs(10));
         while tail.records() < half.records && deadline.is_some_and(|d| clock.now() < d) {
@@ -340,6 +357,24 @@ async fn scenario(
         let e2e = tail.figures(half.elapsed);
         print_row("  end to end (send → consumed) at half of peak", &e2e);
         report.half = Some((half, e2e));
+        for fraction in &opts.extra_load_fractions {
+            let rate = report.peak.records_per_s() * fraction;
+            let records = (rate * opts.half_rate_duration.as_secs_f64()) as u64;
+            let before = BrokerSnapshot::take(nodes).await;
+            let run = produce(&producer, &clock, topic, records, Some(rate)).await;
+            print_row(
+                &format!(
+                    "produce at {:.0}% of peak ({rate:.0} rec/s)",
+                    fraction * 100.0
+                ),
+                &run,
+            );
+            println!(
+                "    (no tailing consumer; generator at most {:.2} ms behind schedule)",
+                run.lag_max.as_secs_f64() * 1e3
+            );
+            before.print_since(nodes).await;
+        }
     }
     producer.close().await;
     Ok(report)

@@ -337,17 +337,19 @@ fn place(durable: &[(u64, Bytes)], disk: &Arc<dyn Disk>, dir: &Path) -> Vec<Plac
         let f = disk.open(&dir.join(&file)).expect("open segment");
         let mut bytes = vec![0; f.len() as usize];
         f.read_at(0, &mut bytes).expect("read segment");
-        let bytes = Bytes::from(bytes);
-        let mut position = 0u64;
-        for item in BatchIter::new(&bytes) {
-            let Ok((header, batch)) = item else {
-                break;
-            };
+        // Segments hold batches in the stored form: turn each back into the Kafka form.
+        let mut position = 0usize;
+        while let Ok(header) = fjord_log::batch::unseal_first(&mut bytes[position..]) {
+            let end = position + header.total_size();
             found.insert(
                 header.base_offset,
-                (file.clone(), position, bytes.slice_ref(batch)),
+                (
+                    file.clone(),
+                    position as u64,
+                    Bytes::copy_from_slice(&bytes[position..end]),
+                ),
             );
-            position += batch.len() as u64;
+            position = end;
         }
     }
     durable
@@ -377,14 +379,9 @@ impl Placed {
     }
 }
 
-/// The bytes a CRC covers (everything after the base offset, length and leader epoch).
-fn crc_covered(batch: &[u8]) -> &[u8] {
-    &batch[16..]
-}
-
 /// Durable batches before the first damaged one are served intact; later ones are served
-/// intact (apart from the base offset and epoch fields, which no CRC covers), refused as
-/// corrupt, or gone with the loss reported.
+/// intact (byte-identical: the stored form's checksum covers every byte, base offset and
+/// epoch included), refused as corrupt, or gone with the loss reported.
 fn check_durable(log: &Log, report: &RecoveryReport, placed: &[Placed], damages: &[Damage]) {
     let first_touched = placed
         .iter()
@@ -415,8 +412,7 @@ fn check_durable(log: &Log, report: &RecoveryReport, placed: &[Placed], damages:
                 p.base
             ),
             Some(bytes) => assert_eq!(
-                crc_covered(&bytes),
-                crc_covered(&p.bytes),
+                bytes, p.bytes,
                 "another batch served at durable offset {} ({damages:?}, {report:?})",
                 p.base
             ),

@@ -20,7 +20,18 @@
 //! ```
 //!
 //! The log keeps batches byte-for-byte as producers sent them, rewriting only the two fields
-//! outside the CRC, so reads hand stored bytes to consumers without re-encoding. Individual
+//! outside the CRC, so reads hand stored bytes to consumers without re-encoding.
+//!
+//! # Stored form: a checksum over the whole batch
+//!
+//! Kafka's CRC leaves the first 17 bytes (base offset, length, leader epoch, magic)
+//! unprotected, and a bit flip there at rest would move a batch to other offsets or another
+//! Raft term without any check noticing. On disk, fjord therefore keeps the batch in its
+//! *stored form*: the CRC field holds `kafka_crc ^ crc32c(bytes[0..17])`, which covers every
+//! byte of the batch ([`seal`]). Reading a batch back verifies that ([`validate_stored`]) and
+//! puts the Kafka CRC back ([`unseal_first`]) — which costs nothing extra, since verifying
+//! computes the Kafka CRC anyway. Nothing else differs, so framing, sizes and positions are
+//! the same in both forms. Any bytes in the stored form never leave the log. Individual
 //! records are built and decoded with `kafka_protocol::records` (tests, the broker, Raft
 //! no-ops, compaction), never by hand here.
 
@@ -211,6 +222,16 @@ impl BatchHeader {
     /// fewer records than offsets after compaction, never more) and within what the bytes can
     /// hold when uncompressed.
     pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        BatchHeader::check(bytes, false)
+    }
+
+    /// [`BatchHeader::validate`] for a batch in the stored form ([`seal`]): the checksum
+    /// covers every byte. The returned header's `crc` is the Kafka CRC.
+    pub fn validate_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        BatchHeader::check(bytes, true)
+    }
+
+    fn check(bytes: &[u8], stored_form: bool) -> Result<BatchHeader, BatchError> {
         let header = BatchHeader::parse(bytes)?;
         let total = header.total_size();
         if bytes.len() < total {
@@ -225,12 +246,21 @@ impl BatchHeader {
             });
         }
         let computed = crc32c::crc32c(&bytes[CRC_START..]);
-        if computed != header.crc {
+        let expected = if stored_form {
+            header.crc ^ head_crc(bytes)
+        } else {
+            header.crc
+        };
+        if computed != expected {
             return Err(BatchError::CrcMismatch {
-                stored: header.crc,
+                stored: expected,
                 computed,
             });
         }
+        let header = BatchHeader {
+            crc: computed,
+            ..header
+        };
         let count = i64::from(header.records_count);
         let mut count_ok = count >= 0 && count <= i64::from(header.last_offset_delta) + 1;
         if header.compression() == Compression::None {
@@ -288,6 +318,39 @@ impl BatchHeader {
     pub fn compression(&self) -> Compression {
         compression_of(self.attributes).expect("parse checked the codec")
     }
+}
+
+/// The bytes before the CRC field that Kafka's CRC does not cover.
+const HEAD_BYTES: usize = 17;
+
+fn head_crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(&bytes[..HEAD_BYTES])
+}
+
+/// Turns one valid batch (Kafka form, already validated) into its stored form: the CRC
+/// field becomes `kafka_crc ^ crc32c(first 17 bytes)`, so that it covers the base offset,
+/// length, leader epoch and magic too.
+pub fn seal(batch: &mut [u8]) {
+    assert!(batch.len() >= BATCH_HEADER_SIZE_BYTES, "a whole batch");
+    let kafka_crc = be_i32(batch, HEAD_BYTES) as u32;
+    let stored = kafka_crc ^ head_crc(batch);
+    batch[HEAD_BYTES..CRC_START].copy_from_slice(&stored.to_be_bytes());
+}
+
+/// Verifies the stored-form batch at the start of `buf` (which may hold more) and turns it
+/// back into its Kafka form in place. Returns its header (with the Kafka CRC).
+pub fn unseal_first(buf: &mut [u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    let total = header.total_size();
+    let Some(batch) = buf.get_mut(..total) else {
+        return Err(BatchError::Truncated {
+            needed: total,
+            available: buf.len(),
+        });
+    };
+    let header = BatchHeader::validate_stored(batch)?;
+    batch[HEAD_BYTES..CRC_START].copy_from_slice(&header.crc.to_be_bytes());
+    Ok(header)
 }
 
 /// Overwrites the base offset (outside the CRC) of the batch at the start of `batch`.

@@ -921,9 +921,9 @@ impl Log {
 
     /// Whole stored batches starting with the one containing `from_offset` (or the next one
     /// after a gap), byte-identical, only those with `base_offset < upper_bound`, up to
-    /// `max_bytes` (but always the first qualifying batch). Every returned batch passed its
-    /// CRC check and lies in order within its segment (base offsets sit outside the CRC, so
-    /// rot there is caught by order); a bad first batch is [`LogError::Corrupt`].
+    /// `max_bytes` (but always the first qualifying batch). Every returned batch passed the
+    /// stored form's checksum (which covers base offset and epoch too, see [`crate::batch`])
+    /// and lies in order within its segment; a bad first batch is [`LogError::Corrupt`].
     pub fn read(
         &self,
         from_offset: u64,
@@ -978,14 +978,11 @@ impl Log {
             }
             let available = (segment.size - located.position) as usize;
             let want = head.total_size().max(limit.min(available));
-            let bytes = segment.read(located.position, want)?;
+            let (bytes, headers) = segment.read_batches(located.position, want)?;
             let mut end = 0usize;
             let mut next = from_offset;
-            for item in BatchIter::new(&bytes) {
-                let Ok((header, batch)) = item else {
-                    break;
-                };
-                let fits = end == 0 || end + batch.len() <= limit;
+            for header in headers {
+                let fits = end == 0 || end + header.total_size() <= limit;
                 if header.base_offset >= upper_bound || !fits {
                     break;
                 }
@@ -995,7 +992,7 @@ impl Log {
                 if !in_order {
                     break;
                 }
-                end += batch.len();
+                end += header.total_size();
                 next = header.next_offset();
             }
             if end == 0 {
@@ -1033,7 +1030,12 @@ impl Log {
                     break;
                 };
                 let head = located.header;
-                let bytes = segment.read(located.position, head.total_size())?;
+                let bytes = segment
+                    .read_batch(located.position, head.total_size())?
+                    .map_err(|_| LogError::Corrupt {
+                        offset: head.base_offset,
+                    })?
+                    .1;
                 match decode_records(&bytes) {
                     Ok(records) => {
                         let hit = records
@@ -1267,6 +1269,20 @@ impl Log {
         self.note(result)
     }
 
+    /// The batch at `position` (whose header is `header`), verified, in the Kafka form.
+    fn read_verified(
+        segment: &Segment,
+        position: u64,
+        header: &BatchHeader,
+    ) -> Result<Bytes, LogError> {
+        match segment.read_batch(position, header.total_size())? {
+            Ok((_, bytes)) => Ok(bytes),
+            Err(_) => Err(LogError::Corrupt {
+                offset: header.base_offset,
+            }),
+        }
+    }
+
     /// Every batch of a segment, read and verified in order.
     fn segment_batches(segment: &Segment) -> Result<Vec<(u64, BatchHeader)>, LogError> {
         let mut out = Vec::new();
@@ -1307,7 +1323,7 @@ impl Log {
                 if header.is_control() || header.is_transactional() {
                     continue;
                 }
-                let bytes = segment.read(position, header.total_size())?;
+                let bytes = Self::read_verified(segment, position, &header)?;
                 match decode_records(&bytes) {
                     Ok(records) => keys.extend(
                         records
@@ -1414,13 +1430,13 @@ impl Log {
         let mut cleaned: Option<Segment> = None;
         let (mut records_removed, mut batches_removed) = (0u64, 0u64);
         for (i, (position, header)) in batches.iter().enumerate() {
-            let bytes = segment.read(*position, header.total_size())?;
+            let bytes = Self::read_verified(segment, *position, header)?;
             let decision = self.decide(header, &bytes, latest, producer_last, tombstone_horizon)?;
             if cleaned.is_none() && !matches!(decision, Decision::Keep) {
                 let path = self.cleaned_path(base);
                 let mut copy = Segment::create_at(self.disk.as_ref(), &path, base)?;
                 for (p, h) in &batches[..i] {
-                    copy.append(h, &segment.read(*p, h.total_size())?, interval)?;
+                    copy.append(h, &Self::read_verified(segment, *p, h)?, interval)?;
                 }
                 cleaned = Some(copy);
             }

@@ -11,6 +11,10 @@
 //!   offset-index points where the maximum timestamp grew, then `segment_len u64 | count u32 |
 //!   crc32c u32`.
 //!
+//! Batches sit in the `.log` file in their *stored form* (see [`crate::batch`]: the CRC field
+//! also covers base offset, length, leader epoch and magic); everything that reads batches
+//! back goes through this module, which verifies and returns the Kafka form.
+//!
 //! The indexes are derived data: never synced, checksummed, and rebuilt by scanning the
 //! segment when missing, torn or stale (the footer's `segment_len` must match the file).
 //! The byte layout of the indexes is fjord's own, not Kafka's. While a segment is active its
@@ -21,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::batch::{BatchError, BatchHeader, BATCH_HEADER_SIZE_BYTES};
+use crate::batch::{seal, unseal_first, BatchError, BatchHeader, BATCH_HEADER_SIZE_BYTES};
 use crate::disk::{Disk, DiskError, DiskFile};
 
 /// Most offset-index entries one segment holds; a segment whose index is full rolls (like
@@ -142,7 +146,7 @@ impl Segment {
         Ok(Segment::new(base_offset, disk.create(path)?))
     }
 
-    /// Reads the whole batch at `position` and validates it.
+    /// Reads the whole batch at `position`, verifies it and returns it in the Kafka form.
     pub fn batch_at(
         &self,
         position: u64,
@@ -151,8 +155,48 @@ impl Segment {
             Ok(h) => h,
             Err(e) => return Ok(Err(e)),
         };
-        let bytes = self.read(position, header.total_size())?;
-        Ok(BatchHeader::validate(&bytes).map(|h| (h, bytes)))
+        self.read_batch(position, header.total_size())
+    }
+
+    /// Reads the `len` bytes at `position`, which must be exactly one batch (as located by a
+    /// header), verifies it and returns it in the Kafka form.
+    pub fn read_batch(
+        &self,
+        position: u64,
+        len: usize,
+    ) -> Result<Result<(BatchHeader, Bytes), BatchError>, DiskError> {
+        let mut bytes = self.read_raw(position, len)?;
+        Ok(unseal_first(&mut bytes).and_then(|h| {
+            if h.total_size() == len {
+                Ok((h, Bytes::from(bytes)))
+            } else {
+                Err(BatchError::TrailingBytes {
+                    extra: len.saturating_sub(h.total_size()),
+                })
+            }
+        }))
+    }
+
+    /// Reads up to `len` bytes of whole batches from `position`: the longest prefix of valid
+    /// batches among them (each verified, in the Kafka form) and their headers. A bad or cut
+    /// batch ends the prefix; the caller decides what an empty one means.
+    pub fn read_batches(
+        &self,
+        position: u64,
+        len: usize,
+    ) -> Result<(Bytes, Vec<BatchHeader>), DiskError> {
+        let mut bytes = self.read_raw(position, len)?;
+        let mut headers = Vec::new();
+        let mut end = 0;
+        while end < bytes.len() {
+            let Ok(header) = unseal_first(&mut bytes[end..]) else {
+                break;
+            };
+            end += header.total_size();
+            headers.push(header);
+        }
+        bytes.truncate(end);
+        Ok((Bytes::from(bytes), headers))
     }
 
     /// Opens an existing segment file without reading it: call [`Segment::load_indexes`] or
@@ -194,7 +238,10 @@ impl Segment {
             self.fits_offset(header.last_offset()),
             "relative offset fits"
         );
-        self.file.write_at(self.size, bytes)?;
+        assert_eq!(bytes.len(), header.total_size(), "one whole batch");
+        let mut stored = bytes.to_vec();
+        seal(&mut stored);
+        self.file.write_at(self.size, &stored)?;
         self.dirty = true;
         let position = self.size;
         self.size += bytes.len() as u64;
@@ -288,7 +335,7 @@ impl Segment {
                 self.file.read_at(position, &mut buf)?;
             }
             let at = (position - buf_start) as usize;
-            let checked = BatchHeader::validate(&buf[at..at + total]);
+            let checked = BatchHeader::validate_stored(&buf[at..at + total]);
             let header = match checked {
                 Ok(h) => h,
                 Err(e) => {
@@ -332,7 +379,7 @@ impl Segment {
         }
         let mut bytes = vec![0; header.total_size()];
         self.file.read_at(position, &mut bytes)?;
-        Ok(BatchHeader::validate(&bytes).is_ok())
+        Ok(BatchHeader::validate_stored(&bytes).is_ok())
     }
 
     /// The position just after the (possibly invalid) batch at `position`, if its header
@@ -372,11 +419,47 @@ impl Segment {
 
     /// Position of the last indexed batch starting at or before `offset` (0 if none).
     fn index_position(&self, offset: u64) -> u64 {
+        self.index_entry(offset).0
+    }
+
+    /// The last index entry at or before `offset`: its position and the base offset of the
+    /// batch there (`None` when there is no such entry: position 0).
+    fn index_entry(&self, offset: u64) -> (u64, Option<u64>) {
         let rel = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
         let idx = self.index.partition_point(|(r, _)| *r <= rel);
-        idx.checked_sub(1).map_or(0, |i| u64::from(self.index[i].1))
+        idx.checked_sub(1).map_or((0, None), |i| {
+            let (rel, position) = self.index[i];
+            (
+                u64::from(position),
+                Some(self.base_offset + u64::from(rel)),
+            )
+        })
+    }
+
+    /// Checks that a header met while walking a segment without reading whole batches
+    /// continues the chain: its base offset is the one the index recorded at that position
+    /// (`exact`), or at least the end of the batch before it. Rot in a walked header (which
+    /// no checksum covers until the batch itself is read) must not make a walk skip the
+    /// batch it looks for.
+    fn continues_chain(
+        header: &BatchHeader,
+        exact: Option<u64>,
+        min_base: u64,
+    ) -> Result<(), BatchError> {
+        let ok = match exact {
+            Some(base) => header.base_offset == base,
+            None => header.base_offset >= min_base,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(BatchError::InvalidOffsets {
+                base_offset: header.base_offset as i64,
+                last_offset_delta: header.last_offset_delta,
+            })
+        }
     }
 
     /// Where the batch after the one at `position` starts. Batches chain exactly to the
@@ -397,12 +480,17 @@ impl Segment {
     /// The first batch whose last offset is `>= offset` (the batch containing it, or the next
     /// one after a gap), found through the sparse index and a short header walk.
     pub fn find(&self, offset: u64) -> Result<Result<Option<Located>, BatchError>, DiskError> {
-        let mut position = self.index_position(offset);
+        let (mut position, mut exact) = self.index_entry(offset);
+        let mut min_base = self.base_offset;
         while position < self.size {
             let header = match self.header_at(position)? {
                 Ok(h) => h,
                 Err(e) => return Ok(Err(e)),
             };
+            if let Err(e) = Self::continues_chain(&header, exact.take(), min_base) {
+                return Ok(Err(e));
+            }
+            min_base = header.next_offset();
             if header.last_offset() >= offset {
                 return Ok(Ok(Some(Located { position, header })));
             }
@@ -436,11 +524,16 @@ impl Segment {
         let mut position = start_position
             .max(by_time)
             .max(self.index_position(from_offset));
+        let mut min_base = self.base_offset;
         while position < self.size {
             let header = match self.header_at(position)? {
                 Ok(h) => h,
                 Err(e) => return Ok(Err(e)),
             };
+            if let Err(e) = Self::continues_chain(&header, None, min_base) {
+                return Ok(Err(e));
+            }
+            min_base = header.next_offset();
             if data_timestamp(&header) >= timestamp_ms && header.last_offset() >= from_offset {
                 return Ok(Ok(Some(Located { position, header })));
             }
@@ -452,11 +545,11 @@ impl Segment {
         Ok(Ok(None))
     }
 
-    /// Reads `len` bytes at `position`.
-    pub fn read(&self, position: u64, len: usize) -> Result<Bytes, DiskError> {
+    /// Reads `len` bytes at `position` as stored (batches in the stored form).
+    fn read_raw(&self, position: u64, len: usize) -> Result<Vec<u8>, DiskError> {
         let mut buf = vec![0; len];
         self.file.read_at(position, &mut buf)?;
-        Ok(Bytes::from(buf))
+        Ok(buf)
     }
 
     /// Cuts the segment to its first `position` bytes (a batch boundary found by

@@ -375,7 +375,7 @@ impl MultiRaft {
 
     /// Performs every group's pending IO, collecting outgoing messages and events.
     pub fn process(&mut self) -> Result<(), DriverError> {
-        self.process_sending(|_, _| {})
+        self.process_inner(None)
     }
 
     /// [`MultiRaft::process`], handing `send` the messages that may leave before this
@@ -390,6 +390,15 @@ impl MultiRaft {
     pub fn process_sending(
         &mut self,
         mut send: impl FnMut(NodeId, Vec<(GroupId, Message)>),
+    ) -> Result<(), DriverError> {
+        self.process_inner(Some(&mut send))
+    }
+
+    /// `send`: where the first pass's messages go before the IO (`None`: they stay in the
+    /// outbox with everything else).
+    fn process_inner(
+        &mut self,
+        mut send: Option<&mut dyn FnMut(NodeId, Vec<(GroupId, Message)>)>,
     ) -> Result<(), DriverError> {
         let mut first_pass = true;
         loop {
@@ -408,8 +417,10 @@ impl MultiRaft {
                 break;
             }
             if std::mem::take(&mut first_pass) {
-                for (to, msgs) in std::mem::take(&mut self.outbox) {
-                    send(to, msgs);
+                if let Some(send) = send.as_mut() {
+                    for (to, msgs) in std::mem::take(&mut self.outbox) {
+                        send(to, msgs);
+                    }
                 }
             }
             self.persist(&readies)?;

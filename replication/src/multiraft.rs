@@ -398,7 +398,7 @@ impl MultiRaft {
     /// outbox with everything else).
     fn process_inner(
         &mut self,
-        mut send: Option<&mut dyn FnMut(NodeId, Vec<(GroupId, Message)>)>,
+        mut send: Option<&mut dyn FnMut(NodeId, Outgoing)>,
     ) -> Result<(), DriverError> {
         let mut first_pass = true;
         loop {
@@ -504,6 +504,9 @@ impl MultiRaft {
         self.group(id).is_some_and(|r| r.role() == Role::Leader)
     }
 }
+
+/// Messages for one destination, by group, in the order the cores produced them.
+type Outgoing = Vec<(GroupId, Message)>;
 
 /// One group's persistence, in the order [`crate::raft::Ready`] requires.
 fn persist_group(

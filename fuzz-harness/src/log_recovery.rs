@@ -22,6 +22,7 @@ use bytes::Bytes;
 use fjord_log::testing::MemDisk;
 use fjord_log::{
     build_batch, BatchHeader, BatchIter, BuildOptions, Compression, Disk, Log, LogConfig, LogError,
+    OpenOptions,
     RecordSpec, RecoveryReport,
 };
 
@@ -97,7 +98,12 @@ fn raw_files(r: &mut Reader<'_>, config: LogConfig, verify_all: bool) {
     }
     disk.sync_dir(&dir).expect("sync dir");
     let disk: Arc<dyn Disk> = Arc::new(disk);
-    let Some((log, report)) = open_checked(&disk, &dir, &config, verify_all) else {
+    // Raw files: nothing says whether the log existed.
+    let options = OpenOptions {
+        verify_all,
+        existing: false,
+    };
+    let Some((log, report)) = open_checked(&disk, &dir, &config, options) else {
         return;
     };
     drop(log);
@@ -110,13 +116,13 @@ fn open_checked(
     disk: &Arc<dyn Disk>,
     dir: &Path,
     config: &LogConfig,
-    verify_all: bool,
+    options: OpenOptions,
 ) -> Option<(Log, RecoveryReport)> {
     let (log, report) = match Log::open_with(
         Arc::clone(disk),
         dir.to_path_buf(),
         config.clone(),
-        verify_all,
+        options,
     ) {
         Ok(opened) => opened,
         Err(LogError::Disk(e)) => panic!("MemDisk does not fail here: {e}"),
@@ -131,8 +137,13 @@ fn open_checked(
     let served = served_batches(&log);
     let (start, end) = (log.log_start_offset(), log.log_end_offset());
     drop(log);
-    let (again, second) = Log::open(Arc::clone(disk), dir.to_path_buf(), config.clone())
-        .expect("a recovered log opens again");
+    let existing = OpenOptions {
+        verify_all: false,
+        existing: true,
+    };
+    let (again, second) =
+        Log::open_with(Arc::clone(disk), dir.to_path_buf(), config.clone(), existing)
+            .expect("a recovered log opens again");
     assert_eq!(
         (again.log_start_offset(), again.log_end_offset()),
         (start, end),
@@ -316,7 +327,12 @@ fn damaged_log(r: &mut Reader<'_>, config: LogConfig, verify_all: bool) {
             }
         }
     }
-    let Some((log, report)) = open_checked(&disk, &dir, &config, verify_all) else {
+    // The log was created (its first open completed) before the damage.
+    let options = OpenOptions {
+        verify_all,
+        existing: true,
+    };
+    let Some((log, report)) = open_checked(&disk, &dir, &config, options) else {
         assert!(
             !damages.is_empty(),
             "a log that lost only unsynced writes opens"

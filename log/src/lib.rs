@@ -19,6 +19,6 @@ pub use batch::{
 pub use disk::{Disk, DiskError, DiskFile, FileDisk};
 pub use epoch::{EpochEntry, EpochError};
 pub use log::{
-    AppendInfo, CleanupPolicy, CompactionStats, Log, LogConfig, LogError, ReadResult,
+    AppendInfo, CleanupPolicy, CompactionStats, Log, LogConfig, LogError, OpenOptions, ReadResult,
     RecoveryReport, RetentionStats,
 };

@@ -214,6 +214,19 @@ pub struct ReadResult {
     pub next_offset: u64,
 }
 
+/// How [`Log::open_with`] opens a log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Verify every batch, not only those after the recovery point: for a log where a read
+    /// found a bad checksum in trusted data. A bad batch below the recovery point is then cut
+    /// and reported as corruption.
+    pub verify_all: bool,
+    /// The caller knows this log was created before (its first open, which writes
+    /// `log.meta`, completed): a directory without `log.meta` then lost its files (reported
+    /// as corruption) rather than holding a new log.
+    pub existing: bool,
+}
+
 /// What [`Log::open`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -321,18 +334,21 @@ impl Log {
         dir: PathBuf,
         config: LogConfig,
     ) -> Result<(Log, RecoveryReport), LogError> {
-        Self::open_with(disk, dir, config, false)
+        Self::open_with(disk, dir, config, OpenOptions::default())
     }
 
-    /// [`Log::open`], verifying every batch when `verify_all` (not only those after the
-    /// recovery point): for a log where a read found a bad CRC in trusted data. A bad batch
-    /// below the recovery point is then cut and reported as corruption.
+    /// [`Log::open`] with [`OpenOptions`]: full verification, and whether the caller knows
+    /// the log existed before.
     pub fn open_with(
         disk: Arc<dyn Disk>,
         dir: PathBuf,
         config: LogConfig,
-        verify_all: bool,
+        options: OpenOptions,
     ) -> Result<(Log, RecoveryReport), LogError> {
+        let OpenOptions {
+            verify_all,
+            existing,
+        } = options;
         config.validate()?;
         let mut report = RecoveryReport::default();
         if !disk.exists(&dir)? {
@@ -400,7 +416,10 @@ impl Log {
             &mut report,
             verify_all,
         )?;
-        let had_data = log.log_end > log.log_start || index_files || report.meta_invalid;
+        let had_data = log.log_end > log.log_start
+            || index_files
+            || report.meta_invalid
+            || (existing && report.meta_missing);
         if meta_lost && had_data && report.corruption.is_none() {
             // `log.meta` exists from the first open on and is replaced atomically: without it
             // nothing tells whether segments went missing (before the first one found, too).

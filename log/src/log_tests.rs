@@ -18,6 +18,11 @@ fn open_with(disk: &MemDisk, config: LogConfig) -> (Log, RecoveryReport) {
     Log::open(Arc::new(disk.clone()), dir(), config).expect("open")
 }
 
+const VERIFY_ALL: OpenOptions = OpenOptions {
+    verify_all: true,
+    existing: true,
+};
+
 fn open(disk: &MemDisk) -> (Log, RecoveryReport) {
     open_with(disk, LogConfig::for_tests())
 }
@@ -292,7 +297,7 @@ fn corruption_is_never_served_and_is_reported() {
     drop(log);
     // Opening with full verification finds it, cuts the log there and reports it.
     let (log, report) =
-        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), true).expect("open");
+        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), VERIFY_ALL).expect("open");
     assert_eq!(report.corruption, Some(0));
     assert_eq!(log.log_end_offset(), 0);
     assert!(log
@@ -350,7 +355,7 @@ fn a_bad_last_batch_found_by_full_verification_is_corruption_not_a_torn_tail() {
     let pos = (stored[0].len() + stored[1].len()) as u64;
     disk.corrupt(&seg, pos + 30, 10).expect("corrupted");
     let (log, report) =
-        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), true).expect("open");
+        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), VERIFY_ALL).expect("open");
     assert_eq!(report.corruption, Some(last));
     assert_eq!(log.log_end_offset(), last);
 }
@@ -1116,7 +1121,15 @@ fn every_bit_outside_kafkas_crc_is_covered_by_the_stored_checksum() {
             // Reopened: the damaged batch lies below the recovery point, so it is reported,
             // and whatever is served is what was written at that offset.
             let (log, report) =
-                Log::open_with(Arc::new(disk.clone()), dir(), config.clone(), verify_all)
+                Log::open_with(
+                    Arc::new(disk.clone()),
+                    dir(),
+                    config.clone(),
+                    OpenOptions {
+                        verify_all,
+                        existing: true,
+                    },
+                )
                     .expect("open");
             assert_eq!(report.corruption, Some(damaged), "{context}");
             assert_eq!(log.log_end_offset(), damaged, "{context}");
@@ -1128,4 +1141,40 @@ fn every_bit_outside_kafkas_crc_is_covered_by_the_stored_checksum() {
             }
         }
     }
+}
+
+/// A log whose files are all gone (`log.meta` included) looks like a new one; a caller that
+/// knows it existed says so and gets the loss reported (found by fuzzing:
+/// `every-file-of-a-log-removed`).
+#[test]
+fn a_log_known_to_exist_whose_files_are_gone_is_reported() {
+    let disk = MemDisk::new(60);
+    let (mut log, _) = open(&disk);
+    fill(&mut log, 5, 1);
+    log.checkpoint().expect("checkpoint");
+    drop(log);
+    for name in disk.list(&dir()).expect("list") {
+        disk.remove(&dir().join(name)).expect("remove");
+    }
+    disk.sync_dir(&dir()).expect("sync dir");
+    let existing = OpenOptions {
+        verify_all: false,
+        existing: true,
+    };
+    let (log, report) =
+        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), existing)
+            .expect("open");
+    assert_eq!(report.corruption, Some(0));
+    assert!(report.meta_missing);
+    assert_eq!(log.log_end_offset(), 0);
+    drop(log);
+    // Once opened (and `log.meta` rewritten), it is a log like any other.
+    let (_, report) =
+        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), existing)
+            .expect("open");
+    assert_eq!(report.corruption, None);
+    // A new log is not a loss.
+    let fresh = MemDisk::new(61);
+    let (_, report) = open(&fresh);
+    assert_eq!(report.corruption, None);
 }

@@ -193,7 +193,7 @@ impl MultiRaft {
         let (mut hard_state, hs) =
             HardStateFile::open(self.disk.as_ref(), dir).map_err(storage_err)?;
         let marked = verification_requested(self.disk.as_ref(), dir)?;
-        let (log, report) = LogStorage::open(Arc::clone(&self.disk), dir.to_path_buf(), config)
+        let (log, report) = LogStorage::open(Arc::clone(&self.disk), dir.to_path_buf(), config, true)
             .map_err(storage_err)?;
         // A log marked for verification had a corrupt read: entries may be lost whether this
         // open cut them or an earlier one did and crashed before the repair was recorded.
@@ -252,7 +252,7 @@ impl MultiRaft {
             self.disk.sync_dir(&self.cfg.root.join(GROUPS_DIR))?;
         }
         // The log first: the hard state file marks the group as complete.
-        let (log, _) = LogStorage::open(Arc::clone(&self.disk), dir.clone(), config.clone())
+        let (log, _) = LogStorage::open(Arc::clone(&self.disk), dir.clone(), config.clone(), false)
             .map_err(storage_err)?;
         drop(log);
         let hs_path = dir.join("raft.state");

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use fjord_log::{Disk, DiskError, DiskFile, Log, LogConfig, LogError, RecoveryReport};
+use fjord_log::{
+    Disk, DiskError, DiskFile, Log, LogConfig, LogError, OpenOptions, RecoveryReport,
+};
 
 use crate::raft::{HardState, RaftLog, StorageError, Term};
 
@@ -211,14 +213,20 @@ pub struct LogStorage {
 impl LogStorage {
     /// Opens (recovering) the log in `dir`, and the snapshot beside it if there is one.
     /// A log marked by [`request_verification`] is verified whole; the mark stays until
-    /// [`clear_verification`] (the owner first makes its consequences durable).
+    /// [`clear_verification`] (the owner first makes its consequences durable). `existing`:
+    /// the group was created before (its hard-state file exists), so a log whose files are
+    /// all gone is a loss, not a new log.
     pub fn open(
         disk: Arc<dyn Disk>,
         dir: PathBuf,
         config: LogConfig,
+        existing: bool,
     ) -> Result<(Self, RecoveryReport), GroupStorageError> {
-        let verify_all = verification_requested(disk.as_ref(), &dir)?;
-        let (log, report) = Log::open_with(Arc::clone(&disk), dir.clone(), config, verify_all)?;
+        let options = OpenOptions {
+            verify_all: verification_requested(disk.as_ref(), &dir)?,
+            existing,
+        };
+        let (log, report) = Log::open_with(Arc::clone(&disk), dir.clone(), config, options)?;
         let snapshot = read_snapshot(disk.as_ref(), &dir)?;
         Ok((
             LogStorage {
@@ -466,7 +474,7 @@ mod tests {
         let disk: Arc<dyn Disk> = Arc::new(mem.clone());
         let dir = PathBuf::from("p");
         let (mut s, _) =
-            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
+            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests(), true).unwrap();
         for i in 0..40 {
             let b = fjord_log::build_batch(
                 &[fjord_log::RecordSpec {
@@ -484,7 +492,7 @@ mod tests {
         drop(s);
         // Bit rot in the first (closed, trusted) segment.
         let (s, report) =
-            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
+            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests(), true).unwrap();
         assert_eq!(report.corruption, None);
         let first = dir.join("00000000000000000000.log");
         mem.corrupt(&first, 40, 20).unwrap();
@@ -493,7 +501,7 @@ mod tests {
         request_verification(disk.as_ref(), &dir).unwrap();
         drop(s);
         let (s, report) =
-            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
+            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests(), true).unwrap();
         assert_eq!(report.corruption, Some(0));
         assert_eq!(s.end_offset(), 0);
         assert!(
@@ -509,14 +517,14 @@ mod tests {
         let disk: Arc<dyn Disk> = Arc::new(MemDisk::new(9));
         let dir = PathBuf::from("meta");
         let (mut s, _) =
-            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests()).unwrap();
+            LogStorage::open(Arc::clone(&disk), dir.clone(), LogConfig::for_tests(), true).unwrap();
         s.install_snapshot(10, 3, Bytes::from_static(b"state@10"))
             .unwrap();
         assert_eq!(s.start_offset(), 10);
         assert_eq!(s.end_offset(), 10);
         assert_eq!(s.term_at(9), Some(3));
         drop(s);
-        let (s, _) = LogStorage::open(disk, dir, LogConfig::for_tests()).unwrap();
+        let (s, _) = LogStorage::open(disk, dir, LogConfig::for_tests(), true).unwrap();
         assert_eq!(s.snapshot_data(), Bytes::from_static(b"state@10"));
         assert_eq!(s.term_at(9), Some(3));
     }

@@ -90,7 +90,7 @@ use crate::batch::{
 };
 use crate::disk::{Disk, DiskError};
 use crate::epoch::{EpochCache, EpochError};
-use crate::meta::{self, LogMeta, META_TMP_FILE};
+use crate::meta::{self, ListedSegment, LogMeta, META_TMP_FILE};
 use crate::segment::{
     file_name, parse_log_name, ScanError, Segment, CLEANED_SUFFIX, INDEX_ENTRIES_MAX_COUNT,
     INDEX_EXT, LOG_EXT, TIME_INDEX_EXT,
@@ -394,11 +394,17 @@ impl Log {
         }
         // A segment `log.meta` lists that held data below the recovery point but whose file
         // is gone: everything from it on is lost.
-        let missing = listed.and_then(|listed| {
+        let missing = listed.as_ref().and_then(|listed| {
             listed
-                .into_iter()
+                .iter()
+                .map(|s| s.base)
                 .find(|b| *b < recovery_point && bases.binary_search(b).is_err())
         });
+        let min_sizes: BTreeMap<u64, u64> = listed
+            .into_iter()
+            .flatten()
+            .map(|s| (s.base, s.min_size))
+            .collect();
         let meta_lost = report.meta_missing || report.meta_invalid;
         // Index files exist only beside segments with data, so only in a log that had its
         // `log.meta` written.
@@ -411,6 +417,7 @@ impl Log {
         log.recover(
             &bases,
             missing,
+            &min_sizes,
             meta_lost,
             &mut epochs,
             &mut report,
@@ -446,6 +453,7 @@ impl Log {
         &mut self,
         bases: &[u64],
         missing: Option<u64>,
+        min_sizes: &BTreeMap<u64, u64>,
         meta_lost: bool,
         epochs: &mut EpochCache,
         report: &mut RecoveryReport,
@@ -539,6 +547,15 @@ impl Log {
                 if i < last_index {
                     segment.write_indexes(disk, &self.dir)?;
                 }
+            }
+            if min_sizes.get(&base).is_some_and(|min| segment.file_len() < *min) {
+                // Shorter than when `log.meta` was written: durable batches are gone (an
+                // index rebuilt from the short file would agree with it). Nothing after the
+                // hole is served.
+                let end = segment.size;
+                self.segments.insert(base, segment);
+                cut = Some((i, Some(end), true));
+                break;
             }
             if i == last_index && Segment::remove_indexes(disk, &self.dir, base)? {
                 self.dir_dirty = true;
@@ -665,13 +682,30 @@ impl Log {
     }
 
     fn write_meta(&mut self, recovery_point: u64) -> Result<(), DiskError> {
+        self.write_meta_capped(recovery_point, None)
+    }
+
+    /// [`Log::write_meta`], listing segment `cap.0` with at most `cap.1` durable bytes: for a
+    /// segment about to get shorter (truncation, compaction's swap), whose shorter file must
+    /// not look like a loss after a crash.
+    fn write_meta_capped(
+        &mut self,
+        recovery_point: u64,
+        cap: Option<(u64, u64)>,
+    ) -> Result<(), DiskError> {
         // Segments wholly below the log start are not listed: they are about to go.
         let last = self.segments.keys().next_back().copied();
         let segments = self
             .segments
             .iter()
             .filter(|(b, s)| s.next_offset > self.log_start || Some(**b) == last)
-            .map(|(b, _)| *b)
+            .map(|(b, s)| ListedSegment {
+                base: *b,
+                min_size: match cap {
+                    Some((base, size)) if base == *b => s.synced_size.min(size),
+                    _ => s.synced_size,
+                },
+            })
             .collect();
         let m = LogMeta {
             log_start: self.log_start,
@@ -1132,7 +1166,7 @@ impl Log {
         let disk = Arc::clone(&self.disk);
         let disk = disk.as_ref();
         self.epochs.truncate_from_end(offset);
-        self.write_meta(self.recovery_point.min(offset))?;
+        self.write_meta_capped(self.recovery_point.min(offset), cut_at)?;
         let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
         for base in doomed.iter().rev() {
             self.segments.remove(base);
@@ -1495,7 +1529,8 @@ impl Log {
         let disk = Arc::clone(&self.disk);
         let disk = disk.as_ref();
         Segment::remove_indexes(disk, &self.dir, base)?;
-        disk.sync_dir(&self.dir)?;
+        // The cleaned copy is shorter: list the segment with its size first.
+        self.write_meta_capped(self.recovery_point, Some((base, cleaned.size)))?;
         disk.rename(
             &self.cleaned_path(base),
             &self.dir.join(file_name(base, LOG_EXT)),

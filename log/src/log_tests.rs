@@ -1178,3 +1178,47 @@ fn a_log_known_to_exist_whose_files_are_gone_is_reported() {
     let (_, report) = open(&fresh);
     assert_eq!(report.corruption, None);
 }
+
+/// A closed segment that got shorter at rest, with its index files gone too, is a loss:
+/// `log.meta` lists each segment's durable size (found by fuzzing:
+/// `trusted-segment-emptied-and-its-index-damaged`).
+#[test]
+fn a_trusted_segment_that_got_shorter_is_reported() {
+    for (case, keep_batches) in [(0u64, 0usize), (1, 2)] {
+        let disk = MemDisk::new(70 + case);
+        let (mut log, _) = open(&disk);
+        let stored = fill(&mut log, 60, 1);
+        log.checkpoint().expect("checkpoint");
+        let bases: Vec<u64> = log.segments.keys().copied().collect();
+        assert!(bases.len() > 3, "{bases:?}");
+        let victim = bases[1];
+        drop(log);
+        let seg = dir().join(file_name(victim, LOG_EXT));
+        let kept: u64 = stored
+            .iter()
+            .filter(|b| {
+                let h = BatchHeader::validate(b).expect("valid");
+                h.base_offset >= victim
+            })
+            .take(keep_batches)
+            .map(|b| b.len() as u64)
+            .sum();
+        let mut file = disk.open(&seg).expect("open");
+        file.set_len(kept).expect("truncate");
+        file.sync().expect("sync");
+        for ext in [INDEX_EXT, TIME_INDEX_EXT] {
+            disk.remove(&dir().join(file_name(victim, ext)))
+                .expect("remove index");
+        }
+        disk.sync_dir(&dir()).expect("sync dir");
+        let (log, report) = open(&disk);
+        let end = victim + 3 * keep_batches as u64;
+        assert_eq!(report.corruption, Some(end), "case {case}");
+        assert_eq!(log.log_end_offset(), end, "case {case}");
+        let served = read_all(&log, 0);
+        assert_eq!(served.len(), (end / 3) as usize, "case {case}");
+        for (i, (_, bytes)) in served.iter().enumerate() {
+            assert_eq!(bytes, &stored[i], "case {case}");
+        }
+    }
+}

@@ -2,14 +2,16 @@
 //! leader-epoch cache, in one checksummed file replaced atomically.
 //!
 //! ```text
-//! "FJLM" | version u32 (2) | log_start u64 | recovery_point u64 | count u32 |
-//! count x (epoch i32, start_offset u64) | segments u32 | segments x base u64 |
-//! crc32c u32 of everything before                                             (big endian)
+//! "FJLM" | version u32 (3) | log_start u64 | recovery_point u64 | count u32 |
+//! count x (epoch i32, start_offset u64) | segments u32 |
+//! segments x (base u64, min_size u64) | crc32c u32 of everything before     (big endian)
 //! ```
 //!
-//! `segments` lists the base offsets of the log's segments when the file was written
-//! (`u32::MAX`: not listed), so that recovery notices a segment file that went missing.
-//! Version 1 files (without the list) are still read.
+//! `segments` lists the log's segments when the file was written (`u32::MAX`: not listed):
+//! each one's base offset, so that recovery notices a segment file that went missing, and the
+//! number of its bytes known durable then (`min_size`), so that recovery notices a segment
+//! file that got shorter — which an index rebuilt from the short file would not. Version 2
+//! files (bases only: sizes unknown, 0) and version 1 files (no list) are still read.
 //!
 //! Written as `log.meta.tmp`, synced, renamed over `log.meta`, directory synced: after a crash
 //! the file holds either the old or the new state, whole. One file (rather than Kafka's three
@@ -24,18 +26,30 @@ use crate::epoch::{EpochCache, EpochEntry, EPOCH_ENTRIES_MAX_COUNT};
 pub const META_FILE: &str = "log.meta";
 pub const META_TMP_FILE: &str = "log.meta.tmp";
 const MAGIC: &[u8; 4] = b"FJLM";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// The version without the segment list.
 const VERSION_1: u32 = 1;
+/// The version whose segment list has no sizes.
+const VERSION_2: u32 = 2;
 const FIXED_BYTES: usize = 4 + 4 + 8 + 8 + 4;
 const ENTRY_BYTES: usize = 12;
+const SEGMENT_BYTES: usize = 16;
 /// Segments a metadata file lists at most; a log with more lists none.
 pub const SEGMENTS_LISTED_MAX_COUNT: usize = 1 << 16;
 /// `segments` count meaning "not listed".
 const NOT_LISTED: u32 = u32::MAX;
 /// Largest metadata file a reader accepts (checked before allocating).
 pub const META_FILE_SIZE_MAX_BYTES: usize =
-    FIXED_BYTES + ENTRY_BYTES * EPOCH_ENTRIES_MAX_COUNT + 4 + 8 * SEGMENTS_LISTED_MAX_COUNT + 4;
+    FIXED_BYTES + ENTRY_BYTES * EPOCH_ENTRIES_MAX_COUNT + 4 + SEGMENT_BYTES * SEGMENTS_LISTED_MAX_COUNT + 4;
+
+/// A segment `log.meta` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedSegment {
+    pub base: u64,
+    /// Bytes of the segment file known durable when the list was written: a shorter file
+    /// lost data.
+    pub min_size: u64,
+}
 
 /// What `log.meta` records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +59,9 @@ pub struct LogMeta {
     /// segments wholly below it).
     pub recovery_point: u64,
     pub epochs: EpochCache,
-    /// Base offsets of the segments the log had (those with offsets at or above the log
-    /// start), ascending; `None` if not recorded (a version 1 file, or too many).
-    pub segments: Option<Vec<u64>>,
+    /// The segments the log had (those with offsets at or above the log start), ascending
+    /// by base; `None` if not recorded (a version 1 file, or too many).
+    pub segments: Option<Vec<ListedSegment>>,
 }
 
 /// Why a metadata file was ignored.
@@ -80,10 +94,11 @@ fn encode(meta: &LogMeta) -> Vec<u8> {
         .as_ref()
         .filter(|s| s.len() <= SEGMENTS_LISTED_MAX_COUNT)
     {
-        Some(bases) => {
-            out.extend_from_slice(&(bases.len() as u32).to_be_bytes());
-            for base in bases {
-                out.extend_from_slice(&base.to_be_bytes());
+        Some(listed) => {
+            out.extend_from_slice(&(listed.len() as u32).to_be_bytes());
+            for segment in listed {
+                out.extend_from_slice(&segment.base.to_be_bytes());
+                out.extend_from_slice(&segment.min_size.to_be_bytes());
             }
         }
         None => out.extend_from_slice(&NOT_LISTED.to_be_bytes()),
@@ -105,7 +120,7 @@ fn decode(bytes: &[u8]) -> Result<LogMeta, MetaError> {
     let u32_at = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let version = u32_at(4);
-    if version != VERSION && version != VERSION_1 {
+    if ![VERSION, VERSION_1, VERSION_2].contains(&version) {
         return Err(MetaError::Checksum);
     }
     let count = u32_at(24) as usize;
@@ -127,16 +142,29 @@ fn decode(bytes: &[u8]) -> Result<LogMeta, MetaError> {
             NOT_LISTED if body.len() == epochs_end + 4 => None,
             listed => {
                 let listed = listed as usize;
-                if listed > SEGMENTS_LISTED_MAX_COUNT || body.len() != epochs_end + 4 + 8 * listed {
+                let width = if version == VERSION_2 {
+                    8
+                } else {
+                    SEGMENT_BYTES
+                };
+                if listed > SEGMENTS_LISTED_MAX_COUNT
+                    || body.len() != epochs_end + 4 + width * listed
+                {
                     return Err(MetaError::Size);
                 }
-                let bases: Vec<u64> = (0..listed)
-                    .map(|i| u64_at(epochs_end + 4 + 8 * i))
+                let segments: Vec<ListedSegment> = (0..listed)
+                    .map(|i| {
+                        let at = epochs_end + 4 + width * i;
+                        ListedSegment {
+                            base: u64_at(at),
+                            min_size: if width == 8 { 0 } else { u64_at(at + 8) },
+                        }
+                    })
                     .collect();
-                if bases.windows(2).any(|w| w[0] >= w[1]) {
+                if segments.windows(2).any(|w| w[0].base >= w[1].base) {
                     return Err(MetaError::Segments);
                 }
-                Some(bases)
+                Some(segments)
             }
         }
     };
@@ -203,7 +231,12 @@ mod tests {
             log_start: 5,
             recovery_point: 30,
             epochs,
-            segments: Some(vec![0, 12, 30]),
+            segments: Some(
+                [(0, 4096), (12, 900), (30, 0)]
+                    .into_iter()
+                    .map(|(base, min_size)| ListedSegment { base, min_size })
+                    .collect(),
+            ),
         }
     }
 
@@ -219,6 +252,22 @@ mod tests {
         let crc = crc32c::crc32c(&v1);
         v1.extend_from_slice(&crc.to_be_bytes());
         assert_eq!(decode(&v1), Ok(unlisted));
+        // Version 2: bases without sizes.
+        let listed = sample();
+        let v3 = encode(&listed);
+        let list_at = v3.len() - 4 - 3 * SEGMENT_BYTES;
+        let mut v2 = v3[..list_at].to_vec();
+        for segment in listed.segments.as_ref().expect("listed") {
+            v2.extend_from_slice(&segment.base.to_be_bytes());
+        }
+        v2[4..8].copy_from_slice(&VERSION_2.to_be_bytes());
+        let crc = crc32c::crc32c(&v2);
+        v2.extend_from_slice(&crc.to_be_bytes());
+        let mut sizeless = listed.clone();
+        for segment in sizeless.segments.as_mut().expect("listed") {
+            segment.min_size = 0;
+        }
+        assert_eq!(decode(&v2), Ok(sizeless));
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct Segment {
     bytes_since_index: u64,
     /// Written since the last sync.
     pub dirty: bool,
+    /// Bytes known durable: `size` at the last sync, lowered by truncation.
+    pub synced_size: u64,
 }
 
 fn path(dir: &Path, base_offset: u64, ext: &str) -> PathBuf {
@@ -128,6 +130,7 @@ impl Segment {
             time_index: Vec::new(),
             bytes_since_index: 0,
             dirty: false,
+            synced_size: 0,
         }
     }
 
@@ -559,6 +562,7 @@ impl Segment {
         assert!(position <= self.size, "truncation only shortens");
         self.file.set_len(position)?;
         self.dirty = true;
+        self.synced_size = self.synced_size.min(position);
         self.index.retain(|(_, pos)| u64::from(*pos) < position);
         let last_rel = self.index.last().map(|(rel, _)| *rel);
         self.time_index
@@ -587,6 +591,7 @@ impl Segment {
     pub fn sync(&mut self) -> Result<(), DiskError> {
         self.file.sync()?;
         self.dirty = false;
+        self.synced_size = self.size;
         Ok(())
     }
 

@@ -22,8 +22,7 @@ use bytes::Bytes;
 use fjord_log::testing::MemDisk;
 use fjord_log::{
     build_batch, BatchHeader, BatchIter, BuildOptions, Compression, Disk, Log, LogConfig, LogError,
-    OpenOptions,
-    RecordSpec, RecoveryReport,
+    OpenOptions, RecordSpec, RecoveryReport,
 };
 
 use crate::input::{Reader, Writer};
@@ -118,16 +117,12 @@ fn open_checked(
     config: &LogConfig,
     options: OpenOptions,
 ) -> Option<(Log, RecoveryReport)> {
-    let (log, report) = match Log::open_with(
-        Arc::clone(disk),
-        dir.to_path_buf(),
-        config.clone(),
-        options,
-    ) {
-        Ok(opened) => opened,
-        Err(LogError::Disk(e)) => panic!("MemDisk does not fail here: {e}"),
-        Err(_) => return None,
-    };
+    let (log, report) =
+        match Log::open_with(Arc::clone(disk), dir.to_path_buf(), config.clone(), options) {
+            Ok(opened) => opened,
+            Err(LogError::Disk(e)) => panic!("MemDisk does not fail here: {e}"),
+            Err(_) => return None,
+        };
     assert!(log.log_start_offset() <= log.log_end_offset());
     assert_eq!(
         log.durable_end_offset(),
@@ -141,9 +136,13 @@ fn open_checked(
         verify_all: false,
         existing: true,
     };
-    let (again, second) =
-        Log::open_with(Arc::clone(disk), dir.to_path_buf(), config.clone(), existing)
-            .expect("a recovered log opens again");
+    let (again, second) = Log::open_with(
+        Arc::clone(disk),
+        dir.to_path_buf(),
+        config.clone(),
+        existing,
+    )
+    .expect("a recovered log opens again");
     assert_eq!(
         (again.log_start_offset(), again.log_end_offset()),
         (start, end),

@@ -548,7 +548,10 @@ impl Log {
                     segment.write_indexes(disk, &self.dir)?;
                 }
             }
-            if min_sizes.get(&base).is_some_and(|min| segment.file_len() < *min) {
+            if min_sizes
+                .get(&base)
+                .is_some_and(|min| segment.file_len() < *min)
+            {
                 // Shorter than when `log.meta` was written: durable batches are gone (an
                 // index rebuilt from the short file would agree with it). Nothing after the
                 // hole is served.

@@ -296,8 +296,13 @@ fn corruption_is_never_served_and_is_reported() {
     ));
     drop(log);
     // Opening with full verification finds it, cuts the log there and reports it.
-    let (log, report) =
-        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), VERIFY_ALL).expect("open");
+    let (log, report) = Log::open_with(
+        Arc::new(disk.clone()),
+        dir(),
+        LogConfig::for_tests(),
+        VERIFY_ALL,
+    )
+    .expect("open");
     assert_eq!(report.corruption, Some(0));
     assert_eq!(log.log_end_offset(), 0);
     assert!(log
@@ -354,8 +359,13 @@ fn a_bad_last_batch_found_by_full_verification_is_corruption_not_a_torn_tail() {
     drop(log);
     let pos = (stored[0].len() + stored[1].len()) as u64;
     disk.corrupt(&seg, pos + 30, 10).expect("corrupted");
-    let (log, report) =
-        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), VERIFY_ALL).expect("open");
+    let (log, report) = Log::open_with(
+        Arc::new(disk.clone()),
+        dir(),
+        LogConfig::for_tests(),
+        VERIFY_ALL,
+    )
+    .expect("open");
     assert_eq!(report.corruption, Some(last));
     assert_eq!(log.log_end_offset(), last);
 }
@@ -1101,7 +1111,12 @@ fn every_bit_outside_kafkas_crc_is_covered_by_the_stored_checksum() {
                 .collect();
             let damaged = headers[2].base_offset;
             let position = (stored[0].len() + stored[1].len()) as u64;
-            flip_bit(&disk, &dir().join(file_name(0, LOG_EXT)), position + at, bit);
+            flip_bit(
+                &disk,
+                &dir().join(file_name(0, LOG_EXT)),
+                position + at,
+                bit,
+            );
             // The open log refuses the damaged batch and serves the ones before it.
             assert!(
                 matches!(
@@ -1120,17 +1135,16 @@ fn every_bit_outside_kafkas_crc_is_covered_by_the_stored_checksum() {
             drop(log);
             // Reopened: the damaged batch lies below the recovery point, so it is reported,
             // and whatever is served is what was written at that offset.
-            let (log, report) =
-                Log::open_with(
-                    Arc::new(disk.clone()),
-                    dir(),
-                    config.clone(),
-                    OpenOptions {
-                        verify_all,
-                        existing: true,
-                    },
-                )
-                    .expect("open");
+            let (log, report) = Log::open_with(
+                Arc::new(disk.clone()),
+                dir(),
+                config.clone(),
+                OpenOptions {
+                    verify_all,
+                    existing: true,
+                },
+            )
+            .expect("open");
             assert_eq!(report.corruption, Some(damaged), "{context}");
             assert_eq!(log.log_end_offset(), damaged, "{context}");
             assert_eq!(log.last_epoch(), Some(1), "{context}");
@@ -1161,17 +1175,25 @@ fn a_log_known_to_exist_whose_files_are_gone_is_reported() {
         verify_all: false,
         existing: true,
     };
-    let (log, report) =
-        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), existing)
-            .expect("open");
+    let (log, report) = Log::open_with(
+        Arc::new(disk.clone()),
+        dir(),
+        LogConfig::for_tests(),
+        existing,
+    )
+    .expect("open");
     assert_eq!(report.corruption, Some(0));
     assert!(report.meta_missing);
     assert_eq!(log.log_end_offset(), 0);
     drop(log);
     // Once opened (and `log.meta` rewritten), it is a log like any other.
-    let (_, report) =
-        Log::open_with(Arc::new(disk.clone()), dir(), LogConfig::for_tests(), existing)
-            .expect("open");
+    let (_, report) = Log::open_with(
+        Arc::new(disk.clone()),
+        dir(),
+        LogConfig::for_tests(),
+        existing,
+    )
+    .expect("open");
     assert_eq!(report.corruption, None);
     // A new log is not a loss.
     let fresh = MemDisk::new(61);

@@ -39,8 +39,11 @@ pub const SEGMENTS_LISTED_MAX_COUNT: usize = 1 << 16;
 /// `segments` count meaning "not listed".
 const NOT_LISTED: u32 = u32::MAX;
 /// Largest metadata file a reader accepts (checked before allocating).
-pub const META_FILE_SIZE_MAX_BYTES: usize =
-    FIXED_BYTES + ENTRY_BYTES * EPOCH_ENTRIES_MAX_COUNT + 4 + SEGMENT_BYTES * SEGMENTS_LISTED_MAX_COUNT + 4;
+pub const META_FILE_SIZE_MAX_BYTES: usize = FIXED_BYTES
+    + ENTRY_BYTES * EPOCH_ENTRIES_MAX_COUNT
+    + 4
+    + SEGMENT_BYTES * SEGMENTS_LISTED_MAX_COUNT
+    + 4;
 
 /// A segment `log.meta` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

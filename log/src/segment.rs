@@ -434,10 +434,7 @@ impl Segment {
         let idx = self.index.partition_point(|(r, _)| *r <= rel);
         idx.checked_sub(1).map_or((0, None), |i| {
             let (rel, position) = self.index[i];
-            (
-                u64::from(position),
-                Some(self.base_offset + u64::from(rel)),
-            )
+            (u64::from(position), Some(self.base_offset + u64::from(rel)))
         })
     }
 

@@ -193,8 +193,9 @@ impl MultiRaft {
         let (mut hard_state, hs) =
             HardStateFile::open(self.disk.as_ref(), dir).map_err(storage_err)?;
         let marked = verification_requested(self.disk.as_ref(), dir)?;
-        let (log, report) = LogStorage::open(Arc::clone(&self.disk), dir.to_path_buf(), config, true)
-            .map_err(storage_err)?;
+        let (log, report) =
+            LogStorage::open(Arc::clone(&self.disk), dir.to_path_buf(), config, true)
+                .map_err(storage_err)?;
         // A log marked for verification had a corrupt read: entries may be lost whether this
         // open cut them or an earlier one did and crashed before the repair was recorded.
         let corrupt = report.corruption.is_some() || marked;

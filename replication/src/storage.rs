@@ -17,9 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use fjord_log::{
-    Disk, DiskError, DiskFile, Log, LogConfig, LogError, OpenOptions, RecoveryReport,
-};
+use fjord_log::{Disk, DiskError, DiskFile, Log, LogConfig, LogError, OpenOptions, RecoveryReport};
 
 use crate::raft::{HardState, RaftLog, StorageError, Term};
 

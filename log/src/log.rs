@@ -227,6 +227,15 @@ pub struct OpenOptions {
     pub existing: bool,
 }
 
+/// What `log.meta`'s segment list tells recovery.
+#[derive(Debug)]
+struct Listing {
+    /// A listed segment below the recovery point whose file is gone.
+    missing: Option<u64>,
+    /// Each listed segment's durable size when the list was written.
+    min_sizes: BTreeMap<u64, u64>,
+}
+
 /// What [`Log::open`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -394,17 +403,19 @@ impl Log {
         }
         // A segment `log.meta` lists that held data below the recovery point but whose file
         // is gone: everything from it on is lost.
-        let missing = listed.as_ref().and_then(|listed| {
-            listed
-                .iter()
-                .map(|s| s.base)
-                .find(|b| *b < recovery_point && bases.binary_search(b).is_err())
-        });
-        let min_sizes: BTreeMap<u64, u64> = listed
-            .into_iter()
-            .flatten()
-            .map(|s| (s.base, s.min_size))
-            .collect();
+        let listing = Listing {
+            missing: listed.as_ref().and_then(|listed| {
+                listed
+                    .iter()
+                    .map(|s| s.base)
+                    .find(|b| *b < recovery_point && bases.binary_search(b).is_err())
+            }),
+            min_sizes: listed
+                .into_iter()
+                .flatten()
+                .map(|s| (s.base, s.min_size))
+                .collect(),
+        };
         let meta_lost = report.meta_missing || report.meta_invalid;
         // Index files exist only beside segments with data, so only in a log that had its
         // `log.meta` written.
@@ -416,8 +427,7 @@ impl Log {
         });
         log.recover(
             &bases,
-            missing,
-            &min_sizes,
+            &listing,
             meta_lost,
             &mut epochs,
             &mut report,
@@ -452,8 +462,7 @@ impl Log {
     fn recover(
         &mut self,
         bases: &[u64],
-        missing: Option<u64>,
-        min_sizes: &BTreeMap<u64, u64>,
+        listing: &Listing,
         meta_lost: bool,
         epochs: &mut EpochCache,
         report: &mut RecoveryReport,
@@ -461,6 +470,8 @@ impl Log {
     ) -> Result<(), LogError> {
         let disk = Arc::clone(&self.disk);
         let disk = disk.as_ref();
+        let Listing { missing, min_sizes } = listing;
+        let missing = *missing;
         let interval = self.config.index_interval_bytes;
         // Segments wholly below the log start: an interrupted prefix deletion.
         let mut bases: Vec<u64> = bases.to_vec();

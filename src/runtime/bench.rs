@@ -45,6 +45,10 @@ const LATENCY_SAMPLE_EVERY: u64 = 64;
 const CONSUME_STALL_MAX: Duration = Duration::from_secs(30);
 /// Records produced before measuring (connections, producer id, first segments).
 const WARM_UP_RECORDS: u64 = 10_000;
+/// The brokers' preferred-leader balance interval.
+const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the set-up waits for every partition to be led by its preferred replica.
+const LEADER_BALANCE_WAIT_MAX: Duration = Duration::from_secs(20);
 /// Kafka's API key of Produce.
 const PRODUCE_API_KEY: i16 = 0;
 /// Kafka error codes the topic set-up tolerates.
@@ -466,6 +470,9 @@ async fn start_cluster(n: u32, dir: &Path) -> anyhow::Result<Vec<RunningNode>> {
             cluster_id: Some("fjord-bench".into()),
             defaults: defaults.clone(),
             auto_create_topics: false,
+            // Leaders move to their preferred replicas before the measurements start (see
+            // `create_topic`), not 30 s after start in the middle of a run.
+            leader_balance_interval: LEADER_BALANCE_INTERVAL,
             seed: u64::from(id),
             ..NodeSpec::local(NodeId(id), dir.join(format!("broker-{id}")), voters.clone())
         };
@@ -538,10 +545,33 @@ async fn create_topic(
                 .topic(topic)
                 .map_or(0, |t| t.available_partitions().len());
             if led == partitions as usize {
-                return Ok(());
+                break;
             }
         }
         clock.sleep(Duration::from_millis(50)).await;
+    }
+    // A leadership change stalls its partition for an election: let the brokers' balance
+    // put every leader on its preferred replica now rather than during a run.
+    let balanced_by = clock.now().checked_add(LEADER_BALANCE_WAIT_MAX);
+    loop {
+        if let Ok(md) = client.fetch_metadata(&[topic.to_string()]).await {
+            let preferred = md.topic(topic).is_some_and(|t| {
+                t.partitions.len() == partitions as usize
+                    && t.partitions
+                        .values()
+                        .all(|p| p.leader.is_some() && p.leader == p.replicas.first().copied())
+            });
+            if preferred {
+                return Ok(());
+            }
+        }
+        if balanced_by.is_none_or(|at| clock.now() >= at) {
+            println!(
+                "  (not every partition is led by its preferred replica yet: measuring anyway)"
+            );
+            return Ok(());
+        }
+        clock.sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod multiraft;
 pub mod node;
 pub mod raft;
 pub mod storage;
+pub mod testing;
 
 pub use io::{
     BoxFuture, Clock, DiskJob, DiskJobs, Envelope, InlineDiskJobs, Instant, IoWait, Network,

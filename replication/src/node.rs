@@ -501,50 +501,15 @@ fn outcome(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::task::Poll;
 
     use fjord_log::testing::MemDisk;
     use futures::executor::LocalPool;
     use futures::task::LocalSpawnExt;
 
     use super::*;
-    use crate::io::{BoxFuture, Envelope, Instant};
+    use crate::io::Envelope;
     use crate::multiraft::MultiRaftConfig;
-
-    /// Time that never passes: the loop only runs when a message or a command arrives.
-    struct FrozenClock;
-
-    impl Clock for FrozenClock {
-        fn now(&self) -> Instant {
-            Instant::ZERO
-        }
-        fn wall_clock_ms(&self) -> i64 {
-            0
-        }
-        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
-            Box::pin(std::future::pending())
-        }
-    }
-
-    /// A network whose inbox the test fills; what the loop sends is dropped.
-    struct ManualNetwork {
-        inbox: Mutex<mpsc::UnboundedReceiver<Envelope>>,
-    }
-
-    impl Network for ManualNetwork {
-        fn local_id(&self) -> NodeId {
-            NodeId(1)
-        }
-        fn send(&self, _: NodeId, _: Bytes) {}
-        fn recv(&self) -> BoxFuture<'_, Envelope> {
-            Box::pin(std::future::poll_fn(move |cx| {
-                match self.inbox.lock().expect("inbox").poll_next_unpin(cx) {
-                    Poll::Ready(Some(env)) => Poll::Ready(env),
-                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
-                }
-            }))
-        }
-    }
+    use crate::testing::{FrozenClock, ManualNetwork};
 
     /// Runs a node loop on a single-threaded executor until nothing can make progress;
     /// returns whether the loop ended, with `Ok`.
@@ -557,9 +522,7 @@ mod tests {
             Arc::new(MemDisk::new(1)),
         )
         .expect("open");
-        let network = Arc::new(ManualNetwork {
-            inbox: Mutex::new(inbox),
-        });
+        let network = Arc::new(ManualNetwork::new(NodeId(1), inbox));
         let ended = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&ended);
         let mut pool = LocalPool::new();

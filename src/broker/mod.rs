@@ -241,51 +241,15 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::task::Poll;
 
     use bytes::Bytes;
     use fjord_log::testing::MemDisk;
-    use fjord_replication::{Envelope, Instant};
+    use fjord_replication::testing::{FrozenClock, ManualNetwork};
+    use fjord_replication::Envelope;
     use futures::executor::LocalPool;
     use futures::task::LocalSpawnExt;
-    use futures::StreamExt;
 
     use super::*;
-
-    /// Time that never passes: the broker only runs when a frame or a command arrives.
-    struct FrozenClock;
-
-    impl Clock for FrozenClock {
-        fn now(&self) -> Instant {
-            Instant::ZERO
-        }
-        fn wall_clock_ms(&self) -> i64 {
-            0
-        }
-        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
-            Box::pin(std::future::pending())
-        }
-    }
-
-    /// A network whose inbox the test fills; what the broker sends is dropped.
-    struct ManualNetwork {
-        inbox: Mutex<mpsc::UnboundedReceiver<Envelope>>,
-    }
-
-    impl Network for ManualNetwork {
-        fn local_id(&self) -> NodeId {
-            NodeId(1)
-        }
-        fn send(&self, _: NodeId, _: Bytes) {}
-        fn recv(&self) -> BoxFuture<'_, Envelope> {
-            Box::pin(std::future::poll_fn(move |cx| {
-                match self.inbox.lock().expect("inbox").poll_next_unpin(cx) {
-                    Poll::Ready(Some(env)) => Poll::Ready(env),
-                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
-                }
-            }))
-        }
-    }
 
     /// The broker spawns nothing; tasks would be dropped.
     struct NoSpawner;
@@ -303,9 +267,7 @@ mod tests {
         let (net_tx, inbox) = mpsc::unbounded();
         let io = BrokerIo {
             clock: Arc::new(FrozenClock),
-            network: Arc::new(ManualNetwork {
-                inbox: Mutex::new(inbox),
-            }),
+            network: Arc::new(ManualNetwork::new(NodeId(1), inbox)),
             disk: Arc::new(MemDisk::new(1)),
             spawner: Arc::new(NoSpawner),
             io_wait: None,

@@ -134,9 +134,29 @@ fn install_panic_hook() {
 /// CPU time this thread has run, from `/proc/thread-self/schedstat` (nanoseconds on the
 /// CPU); `None` where that file does not exist.
 fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let nanos = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(nanos))
+    ThreadCpu::open()?.read()
+}
+
+/// `/proc/thread-self/schedstat` of the thread that opened it, kept open: the watchdog
+/// reads it once per simulated second, and opening it each time cost more than the read.
+struct ThreadCpu(std::fs::File);
+
+impl ThreadCpu {
+    fn open() -> Option<Self> {
+        std::fs::File::open("/proc/thread-self/schedstat")
+            .ok()
+            .map(ThreadCpu)
+    }
+
+    /// The thread's CPU time now (a read from offset 0 regenerates the file).
+    fn read(&self) -> Option<Duration> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        let stat = std::str::from_utf8(&buf[..n]).ok()?;
+        let nanos = stat.split_whitespace().next()?.parse().ok()?;
+        Some(Duration::from_nanos(nanos))
+    }
 }
 
 /// CPU time one world may take before its watchdog fails it: a livelock (tasks always
@@ -147,12 +167,17 @@ pub const CPU_PER_SEED_MAX: Duration = Duration::from_secs(120);
 /// [`CPU_PER_SEED_MAX`]; checks once per simulated second. Reads `/proc`, which madsim does
 /// not virtualise (it does virtualise the clocks).
 async fn watchdog() {
-    let Some(start) = thread_cpu_time() else {
+    let Some(cpu) = ThreadCpu::open() else {
+        return;
+    };
+    let Some(start) = cpu.read() else {
         return;
     };
     loop {
         time::sleep(Duration::from_secs(1)).await;
-        let spent = thread_cpu_time().map_or(Duration::ZERO, |t| t.saturating_sub(start));
+        let spent = cpu
+            .read()
+            .map_or(Duration::ZERO, |t| t.saturating_sub(start));
         assert!(
             spent <= CPU_PER_SEED_MAX,
             "watchdog: the world used {spent:?} of CPU (limit {CPU_PER_SEED_MAX:?}) by simulated \

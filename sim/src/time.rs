@@ -3,10 +3,17 @@
 //! madsim's own `sleep` rounds every sleep up to at least 1 ms (as Tokio does); the simulator
 //! needs exact sub-millisecond timers for network latencies and drifting clocks, so it resets
 //! the deadline of madsim's `Sleep` to the exact instant.
+//!
+//! madsim's `Sleep` also registers a new timer (a boxed callback holding a waker clone) on
+//! *every* poll while it is pending, and madsim never cancels a timer: a sleep polled again
+//! and again by a busy task (a `select!` loop's tick, a `timeout` around a request) filled
+//! the timer heap with duplicates that all fire at its deadline (waking the task once, so
+//! they cost only time). [`sleep`] registers once per waker ([`Sleep`]): same schedule,
+//! same trace.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use madsim::time::TimeHandle;
@@ -48,9 +55,40 @@ pub async fn sleep(duration: Duration) {
     }
     let handle = TimeHandle::current();
     let deadline = handle.now_instant() + duration;
-    let mut sleep = pin!(handle.sleep_until(deadline));
-    sleep.as_mut().reset(deadline);
-    sleep.await
+    let mut inner = handle.sleep_until(deadline);
+    Pin::new(&mut inner).reset(deadline);
+    Sleep {
+        inner,
+        registered: None,
+    }
+    .await
+}
+
+/// madsim's `Sleep`, registering its timer once per waker (see the module docs).
+struct Sleep {
+    inner: madsim::time::Sleep,
+    /// The waker the registered timer will wake.
+    registered: Option<Waker>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.is_elapsed() {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            // The timer registered on an earlier poll wakes this same task.
+            return Poll::Pending;
+        }
+        self.registered = Some(cx.waker().clone());
+        Pin::new(&mut self.inner).poll(cx)
+    }
 }
 
 /// Completes at simulated time `at` (since the world started), or at once if it has passed.

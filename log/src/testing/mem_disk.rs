@@ -170,6 +170,13 @@ impl Inode {
     /// torn to a prefix; survivors are replayed on the durable content in issue order.
     fn resolve(&mut self, rng: &mut ChaCha8Rng) {
         self.flushing.clear();
+        if self.pending.is_empty() {
+            // Nothing unsynced (the common case at a crash): the visible content is the
+            // durable one already, and copying every file of the disk made a crash cost
+            // the disk's size.
+            debug_assert_eq!(self.current.len(), self.durable.len());
+            return;
+        }
         let mut content = std::mem::take(&mut self.durable);
         for op in self.pending.drain(..) {
             match op {
@@ -363,8 +370,8 @@ impl Inner {
         // before their descendants, so one ordered pass suffices.
         let mut kept: BTreeMap<PathBuf, Entry> = BTreeMap::new();
         for (path, entry) in std::mem::take(&mut self.durable) {
-            let p = parent(&path);
-            if p.as_os_str().is_empty() || kept.get(&p) == Some(&Entry::Dir) {
+            let p = path.parent().unwrap_or(Path::new(""));
+            if p.as_os_str().is_empty() || kept.get(p) == Some(&Entry::Dir) {
                 kept.insert(path, entry);
             }
         }
@@ -644,7 +651,7 @@ impl Disk for MemDisk {
             .range(dir.clone()..)
             .map(|(p, _)| p)
             .take_while(|p| p.starts_with(&dir))
-            .filter(|p| parent(p) == dir)
+            .filter(|p| p.parent().unwrap_or(Path::new("")) == dir)
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
         names.sort();

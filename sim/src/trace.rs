@@ -7,14 +7,22 @@
 //! layer prints events (`--seed N`, `--verbose`), one line each:
 //! `   12.345678s  INFO n2.1 fjord_sim::world: node starts`.
 //!
-//! Spans labelled by the simulator: `node` spans (field `id = "n2.1"`: node 2, incarnation 1)
-//! wrap everything a server node runs; `client` spans (`id = "c1"`) everything a client runs.
+//! Labels: everything a server node runs is labelled with its incarnation (`n2.1`: node 2,
+//! incarnation 1), everything a client runs with the client (`c1`), and the rest `sim`. The
+//! tasks of a node or client run inside [`Labelled`], which keeps the label in a thread-local
+//! while it polls (two swaps per poll, where entering a span on every poll through
+//! `Instrument` cost four lookups in the span registry); events that name a node's span
+//! ([`node_span`], field `id`) as their explicit parent are labelled through the span.
 
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
+use std::future::Future;
 use std::hash::Hasher;
 use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
@@ -62,6 +70,85 @@ fn is_fjord(meta: &Metadata<'_>) -> bool {
 
 /// The label of a simulator span, kept in the span's extensions.
 struct Label(String);
+
+thread_local! {
+    /// The label of the [`Labelled`] future being polled on this thread.
+    static CURRENT: Cell<Option<Arc<str>>> = const { Cell::new(None) };
+}
+
+/// The label of the [`Labelled`] future being polled, if any.
+fn current_label() -> Option<Arc<str>> {
+    CURRENT.with(|c| {
+        let label = c.take();
+        c.set(label.clone());
+        label
+    })
+}
+
+/// The span of a server node incarnation labelled `label` (for events that name it as their
+/// explicit parent; its tasks run in [`Labelled`] with the same label).
+pub fn node_span(label: &str) -> tracing::Span {
+    tracing::info_span!(target: "fjord_sim", "node", id = %label)
+}
+
+/// Puts a label in [`CURRENT`] for its lifetime, and gives it back (also when unwinding).
+struct Enter<'a> {
+    slot: &'a mut Option<Arc<str>>,
+    previous: Option<Arc<str>>,
+}
+
+impl<'a> Enter<'a> {
+    fn new(slot: &'a mut Option<Arc<str>>) -> Self {
+        let previous = CURRENT.with(|c| c.replace(slot.take()));
+        Enter { slot, previous }
+    }
+}
+
+impl Drop for Enter<'_> {
+    fn drop(&mut self) {
+        *self.slot = CURRENT.with(|c| c.replace(self.previous.take()));
+    }
+}
+
+/// A future whose events (those without an explicit parent) carry `label`, while it is
+/// polled and while it is dropped (as `Instrument` does with its span).
+pub struct Labelled<F: Future + Unpin> {
+    future: Option<F>,
+    label: Option<Arc<str>>,
+}
+
+impl<F: Future + Unpin> Labelled<F> {
+    pub fn new(future: F, label: Arc<str>) -> Self {
+        Labelled {
+            future: Some(future),
+            label: Some(label),
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Labelled<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _enter = Enter::new(&mut this.label);
+        let future = this.future.as_mut().expect("polled after completion");
+        let out = Pin::new(future).poll(cx);
+        if out.is_ready() {
+            this.future = None;
+        }
+        out
+    }
+}
+
+impl<F: Future + Unpin> Drop for Labelled<F> {
+    fn drop(&mut self) {
+        if self.future.is_some() {
+            let _enter = Enter::new(&mut self.label);
+            self.future = None;
+        }
+    }
+}
 
 /// Writes a value's `Debug` form into a hasher without allocating.
 struct HashWriter<'a>(&'a mut std::hash::DefaultHasher);
@@ -172,14 +259,26 @@ where
         let at = madsim::time::TimeHandle::try_current()
             .map(|t| t.elapsed())
             .unwrap_or_default();
-        let label = ctx
-            .event_scope(event)
-            .and_then(|scope| {
-                scope
-                    .into_iter()
-                    .find_map(|span| span.extensions().get::<Label>().map(|l| l.0.clone()))
-            })
-            .unwrap_or_else(|| "sim".to_string());
+        let current = if event.is_contextual() {
+            current_label()
+        } else {
+            None
+        };
+        let scoped;
+        let label: &str = match &current {
+            Some(label) => label,
+            None => {
+                scoped = ctx
+                    .event_scope(event)
+                    .and_then(|scope| {
+                        scope
+                            .into_iter()
+                            .find_map(|span| span.extensions().get::<Label>().map(|l| l.0.clone()))
+                    })
+                    .unwrap_or_else(|| "sim".to_string());
+                &scoped
+            }
+        };
         if *meta.level() <= HASH_LEVEL {
             let mut h = std::hash::DefaultHasher::new();
             h.write_u128(at.as_nanos());
@@ -208,6 +307,7 @@ where
 /// Installs a [`TraceLayer`] as this thread's subscriber until the guard drops.
 pub fn install(hash: TraceHash, print: Option<Level>) -> tracing::subscriber::DefaultGuard {
     use tracing_subscriber::layer::SubscriberExt;
+    CURRENT.with(|c| c.set(None));
     let layer = TraceLayer::new(hash, print);
     let max = layer.max_level();
     let filter = tracing_subscriber::filter::filter_fn(move |meta| {

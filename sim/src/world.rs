@@ -26,7 +26,6 @@ use futures::StreamExt;
 use madsim::runtime::{Handle, NodeHandle};
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
-use tracing::Instrument;
 
 use crate::bugs::Bugs;
 use crate::clock::SimClock;
@@ -35,18 +34,19 @@ use crate::faults::{FaultClass, Swarm};
 use crate::network::SimNet;
 use crate::seed::{stream, Salt};
 use crate::time;
+use crate::trace::{node_span, Labelled};
 use crate::workload::{ClientEnv, NodeIo, Recorder, Workload};
 
 /// Spawns onto one simulated node (incarnation): killing the node drops the tasks. Every task
-/// runs inside the node's trace span.
+/// carries the node's trace label.
 pub struct SimSpawner {
     node: NodeHandle,
-    span: tracing::Span,
+    label: Arc<str>,
 }
 
 impl Spawner for SimSpawner {
     fn spawn(&self, _name: &'static str, task: BoxFuture<'static, ()>) {
-        drop(self.node.spawn(task.instrument(self.span.clone())));
+        drop(self.node.spawn(Labelled::new(task, self.label.clone())));
     }
 }
 
@@ -201,7 +201,8 @@ impl World {
             slot.incarnation = slot.incarnation.wrapping_add(1);
             slot.incarnation
         };
-        let span = tracing::info_span!(target: "fjord_sim", "node", id = %format_args!("{n}.{incarnation}"));
+        let label: Arc<str> = format!("{n}.{incarnation}").into();
+        let span = node_span(&label);
         let network = self.net.bring_up(n, incarnation);
         let world = Arc::downgrade(&self);
         let disk = SimDisk::new(
@@ -230,13 +231,13 @@ impl World {
             disk: Arc::new(disk.clone()),
             spawner: Arc::new(SimSpawner {
                 node,
-                span: span.clone(),
+                label: label.clone(),
             }),
             bugs: self.bugs.clone(),
             sim_disk: disk,
         };
         tracing::debug!(parent: &span, "node starts");
-        self.workload.node(io).instrument(span.clone()).await;
+        Labelled::new(self.workload.node(io), label).await;
         tracing::info!(parent: &span, "node body returned: the process exits");
         self.stopped(n, incarnation, "body returned".to_string());
     }
@@ -382,8 +383,7 @@ impl World {
         let id = NodeId(1000 + index as u32);
         self.clients.lock().expect("clients poisoned").push(id);
         let node = Handle::current().create_node().name(id.to_string()).build();
-        let span =
-            tracing::info_span!(target: "fjord_sim", "client", id = %format_args!("c{index}"));
+        let label: Arc<str> = format!("c{index}").into();
         let mut clock_rng = stream(
             self.swarm.seed,
             Salt::Node {
@@ -402,12 +402,12 @@ impl World {
             network: self.net.bring_up(id, 0),
             spawner: Arc::new(SimSpawner {
                 node: node.clone(),
-                span: span.clone(),
+                label: label.clone(),
             }),
             seed: clock_rng.next_u64(),
             recorder: self.recorder.clone(),
         };
-        let task = node.spawn(body(env).instrument(span));
+        let task = node.spawn(Labelled::new(body(env), label));
         (ClientHandle { node, id }, task)
     }
 

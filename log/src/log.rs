@@ -696,16 +696,16 @@ impl Log {
     }
 
     fn write_meta(&mut self, recovery_point: u64) -> Result<(), DiskError> {
-        self.write_meta_capped(recovery_point, None)
+        self.write_meta_capped(recovery_point, &[])
     }
 
-    /// [`Log::write_meta`], listing segment `cap.0` with at most `cap.1` durable bytes: for a
-    /// segment about to get shorter (truncation, compaction's swap), whose shorter file must
-    /// not look like a loss after a crash.
+    /// [`Log::write_meta`], listing each segment `caps[i].0` with at most `caps[i].1` durable
+    /// bytes: for segments about to get shorter or be removed (truncation, compaction's swap),
+    /// whose shorter (or re-created) files must not look like a loss after a crash.
     fn write_meta_capped(
         &mut self,
         recovery_point: u64,
-        cap: Option<(u64, u64)>,
+        caps: &[(u64, u64)],
     ) -> Result<(), DiskError> {
         // Segments wholly below the log start are not listed: they are about to go.
         let last = self.segments.keys().next_back().copied();
@@ -715,10 +715,10 @@ impl Log {
             .filter(|(b, s)| s.next_offset > self.log_start || Some(**b) == last)
             .map(|(b, s)| ListedSegment {
                 base: *b,
-                min_size: match cap {
-                    Some((base, size)) if base == *b => s.synced_size.min(size),
-                    _ => s.synced_size,
-                },
+                min_size: caps
+                    .iter()
+                    .filter(|(base, _)| base == b)
+                    .fold(s.synced_size, |min, (_, cap)| min.min(*cap)),
             })
             .collect();
         let m = LogMeta {
@@ -1180,8 +1180,15 @@ impl Log {
         let disk = Arc::clone(&self.disk);
         let disk = disk.as_ref();
         self.epochs.truncate_from_end(offset);
-        self.write_meta_capped(self.recovery_point.min(offset), cut_at)?;
         let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
+        // The removed segments listed as empty: a file of the same name may be created
+        // again (a new first segment at `offset`) before `log.meta` is next written.
+        let caps: Vec<(u64, u64)> = doomed
+            .iter()
+            .map(|b| (*b, 0))
+            .chain(cut_at)
+            .collect();
+        self.write_meta_capped(self.recovery_point.min(offset), &caps)?;
         for base in doomed.iter().rev() {
             self.segments.remove(base);
             Segment::remove_files(disk, &self.dir, *base)?;
@@ -1544,7 +1551,7 @@ impl Log {
         let disk = disk.as_ref();
         Segment::remove_indexes(disk, &self.dir, base)?;
         // The cleaned copy is shorter: list the segment with its size first.
-        self.write_meta_capped(self.recovery_point, Some((base, cleaned.size)))?;
+        self.write_meta_capped(self.recovery_point, &[(base, cleaned.size)])?;
         disk.rename(
             &self.cleaned_path(base),
             &self.dir.join(file_name(base, LOG_EXT)),

@@ -1183,11 +1183,7 @@ impl Log {
         let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
         // The removed segments listed as empty: a file of the same name may be created
         // again (a new first segment at `offset`) before `log.meta` is next written.
-        let caps: Vec<(u64, u64)> = doomed
-            .iter()
-            .map(|b| (*b, 0))
-            .chain(cut_at)
-            .collect();
+        let caps: Vec<(u64, u64)> = doomed.iter().map(|b| (*b, 0)).chain(cut_at).collect();
         self.write_meta_capped(self.recovery_point.min(offset), &caps)?;
         for base in doomed.iter().rev() {
             self.segments.remove(base);

@@ -1201,8 +1201,11 @@ impl Log {
             segment.sync()?;
         }
         if self.segments.is_empty() {
-            let segment = Segment::create(disk, &self.dir, offset)?;
-            self.segments.insert(offset, segment);
+            // Every segment started at or after `offset`: no batch is left from the log
+            // start on, so the log ends at its start (not at `offset`, which may lie after
+            // a gap that retention moved the start into).
+            let segment = Segment::create(disk, &self.dir, self.log_start)?;
+            self.segments.insert(self.log_start, segment);
             disk.sync_dir(&self.dir)?;
         }
         self.log_end = self.active().next_offset.max(self.log_start);

@@ -492,6 +492,7 @@ impl Log {
         };
         let last_index = bases.len().saturating_sub(1);
         let mut expected = 0u64;
+        let mut loaded_unscanned: Vec<u64> = Vec::new();
         // (segment, position to cut at or None to drop it whole, corrupt?)
         let mut cut: Option<(usize, Option<u64>, bool)> = None;
         for (i, base) in bases.iter().copied().enumerate() {
@@ -514,7 +515,9 @@ impl Log {
             }
             let verify = i >= verify_from;
             let loaded = !verify && i < last_index && segment.load_indexes(disk, &self.dir)?;
-            if !loaded {
+            if loaded {
+                loaded_unscanned.push(base);
+            } else {
                 if !verify {
                     report.indexes_rebuilt += 1;
                 }
@@ -588,6 +591,16 @@ impl Log {
             // The lost segment was the last one listed: the log ends before it.
             None if missing.is_some() => self.cut(&bases, bases.len(), None, true, report)?,
             None => {}
+        }
+        // A cut can leave a segment trusted through its index files (never read) as the
+        // last one, which the next open verifies as the active segment: verify it now, so
+        // that recovery is idempotent.
+        let last = self.segments.keys().next_back().copied();
+        if let Some(last) = last.filter(|b| loaded_unscanned.contains(b)) {
+            let segment = self.segments.get_mut(&last).expect("last segment");
+            if let Some(stop) = segment.scan(interval, last, &mut |_| true)? {
+                self.cut(&[last], 0, Some(stop.position), true, report)?;
+            }
         }
         self.remove_segments_below_start()?;
         if self.segments.is_empty() {

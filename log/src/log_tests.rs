@@ -23,6 +23,17 @@ const VERIFY_ALL: OpenOptions = OpenOptions {
     existing: true,
 };
 
+/// Opens with full verification (as after a checksum failure on read).
+fn open_verify_all(disk: &MemDisk) -> (Log, RecoveryReport) {
+    Log::open_with(
+        Arc::new(disk.clone()),
+        dir(),
+        LogConfig::for_tests(),
+        VERIFY_ALL,
+    )
+    .expect("open")
+}
+
 fn open(disk: &MemDisk) -> (Log, RecoveryReport) {
     open_with(disk, LogConfig::for_tests())
 }
@@ -296,13 +307,7 @@ fn corruption_is_never_served_and_is_reported() {
     ));
     drop(log);
     // Opening with full verification finds it, cuts the log there and reports it.
-    let (log, report) = Log::open_with(
-        Arc::new(disk.clone()),
-        dir(),
-        LogConfig::for_tests(),
-        VERIFY_ALL,
-    )
-    .expect("open");
+    let (log, report) = open_verify_all(&disk);
     assert_eq!(report.corruption, Some(0));
     assert_eq!(log.log_end_offset(), 0);
     assert!(log
@@ -359,13 +364,7 @@ fn a_bad_last_batch_found_by_full_verification_is_corruption_not_a_torn_tail() {
     drop(log);
     let pos = (stored[0].len() + stored[1].len()) as u64;
     disk.corrupt(&seg, pos + 30, 10).expect("corrupted");
-    let (log, report) = Log::open_with(
-        Arc::new(disk.clone()),
-        dir(),
-        LogConfig::for_tests(),
-        VERIFY_ALL,
-    )
-    .expect("open");
+    let (log, report) = open_verify_all(&disk);
     assert_eq!(report.corruption, Some(last));
     assert_eq!(log.log_end_offset(), last);
 }

@@ -1110,12 +1110,7 @@ impl Log {
                     break;
                 };
                 let head = located.header;
-                let bytes = segment
-                    .read_batch(located.position, head.total_size())?
-                    .map_err(|_| LogError::Corrupt {
-                        offset: head.base_offset,
-                    })?
-                    .1;
+                let bytes = Self::read_verified(segment, located.position, &head)?;
                 match decode_records(&bytes) {
                     Ok(records) => {
                         let hit = records
@@ -1409,19 +1404,14 @@ impl Log {
                 if header.is_control() || header.is_transactional() {
                     continue;
                 }
+                // Verified by the read; records that do not decode keep no key alive.
                 let bytes = Self::read_verified(segment, position, &header)?;
-                match decode_records(&bytes) {
-                    Ok(records) => keys.extend(
+                if let Ok(records) = decode_records(&bytes) {
+                    keys.extend(
                         records
                             .into_iter()
                             .filter_map(|r| r.key.map(|k| (k, r.offset))),
-                    ),
-                    Err(BatchError::CrcMismatch { .. }) => {
-                        return Err(LogError::Corrupt {
-                            offset: header.base_offset,
-                        })
-                    }
-                    Err(_) => {}
+                    );
                 }
             }
             let new_keys = keys.iter().filter(|(k, _)| !latest.contains_key(k)).count();
@@ -1450,7 +1440,7 @@ impl Log {
         Ok(stats)
     }
 
-    /// What compaction does with one batch.
+    /// What compaction does with one batch (`bytes`, verified by [`Log::read_verified`]).
     fn decide(
         &self,
         header: &BatchHeader,
@@ -1459,10 +1449,6 @@ impl Log {
         producer_last: &BTreeMap<i64, u64>,
         tombstone_horizon: i64,
     ) -> Result<Decision, LogError> {
-        let corrupt = LogError::Corrupt {
-            offset: header.base_offset,
-        };
-        BatchHeader::validate(bytes).map_err(|_| corrupt)?;
         if header.is_control() || header.is_transactional() {
             return Ok(Decision::Keep);
         }
